@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11) with modelplex, its example-model build tools and
+# the development tools. Safe to re-run: it only installs what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PYTHON=$candidate; break; fi
+  done
+fi
+"$PYTHON" - <<'PY' || { echo "modelplex needs Python 3.11 (set PYTHON=...)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
+PY
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.modelplex-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is pinned in the 'examples' extra and installed in the same command as
+  # efficientnet-lite-pytorch, which would otherwise pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install --quiet -e '.[examples,dev]' 2>&1 \
+    | grep -v "is neither a file nor a directory" || true
+  .venv/bin/python -c "import modelplex, onnxruntime, torch" # fail loudly if the install did not
+  touch "$stamp"
+fi

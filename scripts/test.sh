@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set everything up, then lint, type-check and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# Build the example models once (cached outside the checkout) before the tests use them.
+.venv/bin/modelplex examples build
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/pytest "$@"

@@ -1,0 +1,3 @@
+from modelplex.cli import main
+
+main()

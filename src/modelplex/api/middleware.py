@@ -1,0 +1,105 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task per request).
+
+`RequestContextMiddleware` does the per-request work every route needs:
+* assigns the request id (the client's valid `X-Request-ID`, else a new one),
+  stores it in `scope["state"]` and puts it on every response;
+* enforces the request body limit, up front from `Content-Length` and while
+  reading a chunked body;
+* renders any exception nothing else handled as an INTERNAL problem, so no
+  stack trace reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelplex.api.problems import problem_response
+from modelplex.errors import InternalError, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = self._request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append(header)
+                message["headers"] = headers
+            await send(message)
+
+        limit = self.max_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await self._reject(PayloadTooLarge(self._too_large(limit)), scope, receive, send)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(self._too_large(limit))
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            log.error("unhandled error in request %s", request_id, exc_info=exc)
+            if not started:
+                await problem_response(InternalError(), request_id, scope.get("path"))(
+                    scope, receive, send_with_id
+                )
+
+    @staticmethod
+    def _too_large(limit: int) -> str:
+        return f"request body exceeds the limit of {limit} bytes"
+
+    @staticmethod
+    def _request_id(scope: Scope) -> str:
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id" and _VALID_ID.match(value):
+                return str(value.decode())
+        return uuid.uuid4().hex
+
+    async def _reject(
+        self, error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        response = problem_response(error, scope["state"]["request_id"], scope.get("path"))
+        # The client may still be sending; closing the connection avoids reading it all.
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,100 @@
+"""RFC 9457 problem+json responses, and the handlers that produce them.
+
+Every error that leaves the HTTP server goes through `problem_response`, which
+asks `modelplex.error_map` for the status and code: routes raise domain errors
+and never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from modelplex import errors
+from modelplex.error_map import public_message, wire_error
+
+log = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://modelplex.dev/problems/"
+
+
+def request_id_of(scope: Any) -> str:
+    state = scope.get("state") or {}
+    return str(state.get("request_id", ""))
+
+
+def problem_response(exc: BaseException, request_id: str, path: str | None = None) -> Response:
+    wire = wire_error(exc)
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + wire.code.lower().replace("_", "-"),
+        "title": wire.title,
+        "status": wire.http_status,
+        "detail": public_message(exc),
+        "code": wire.code,
+        "request_id": request_id,
+    }
+    if path:
+        body["instance"] = path
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if isinstance(exc, errors.ResourceExhausted):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return Response(
+        orjson.dumps(body),
+        status_code=wire.http_status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _translate_http(exc: HTTPException) -> errors.ModelplexError:
+    """Starlette's own errors (unknown route, wrong method, bad form) in our hierarchy."""
+    detail = str(exc.detail) if exc.detail else None
+    if exc.status_code == 404:
+        return errors.RouteNotFound(detail if detail != "Not Found" else None)
+    if exc.status_code == 405:
+        return errors.MethodNotAllowed()
+    if exc.status_code == 413:
+        return errors.PayloadTooLarge(detail)
+    if exc.status_code == 415:
+        return errors.UnsupportedMediaType(detail)
+    if exc.status_code < 500:
+        return errors.InvalidInput(detail)
+    return errors.InternalError()
+
+
+def to_domain_error(exc: BaseException) -> errors.ModelplexError:
+    """Any exception reaching the HTTP edge, as a member of our hierarchy."""
+    if isinstance(exc, errors.ModelplexError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return errors.InvalidInput(details or None)
+    if isinstance(exc, HTTPException):
+        return _translate_http(exc)
+    return errors.InternalError()
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def on_error(request: Request, exc: Exception) -> Response:
+        domain = to_domain_error(exc)
+        request_id = request_id_of(request.scope)
+        if isinstance(domain, errors.InternalError):
+            log.error("request %s failed", request_id, exc_info=exc)
+        response = problem_response(domain, request_id, request.url.path)
+        if isinstance(exc, HTTPException) and exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    # Anything else is caught by RequestContextMiddleware, which renders INTERNAL
+    # without Starlette's ServerErrorMiddleware re-raising it into the server.
+    for exc_class in (errors.ModelplexError, RequestValidationError, HTTPException):
+        app.add_exception_handler(exc_class, on_error)

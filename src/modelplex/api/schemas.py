@@ -1,0 +1,168 @@
+"""Wire shapes of the /v1 API, for the OpenAPI document.
+
+Hot routes parse and render JSON themselves (orjson, no per-request pydantic
+validation: it costs more than running a small model); these models are the
+contract those routes keep, and `tests/api/test_openapi.py` checks responses
+against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(examples=["https://modelplex.dev/problems/invalid-input"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.", examples=["INVALID_INPUT"])
+    request_id: str
+    instance: str | None = None
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ClassPrediction(BaseModel):
+    label: str
+    class_id: int
+    confidence: float
+
+
+class Timing(BaseModel):
+    decode_ms: float
+    preprocess_ms: float
+    queue_wait_ms: float
+    inference_ms: float
+    postprocess_ms: float
+
+
+class ModelVersionDetail(BaseModel):
+    runtime: str
+    artifact: str
+    loaded_at: float
+    is_default: bool
+
+
+class Metadata(BaseModel):
+    processing_time_ms: float
+    timing: Timing | None = Field(None, description="verbose only")
+    batch_size: int | None = Field(None, description="verbose only: rows in the model call")
+    input_shape: dict[str, list[int]] | None = Field(None, description="verbose only")
+    model_version: ModelVersionDetail | None = Field(None, description="verbose only")
+
+
+class ClassifyRequest(_Closed):
+    """JSON body of POST /v1/classify (multipart: a file field `image`, same optional fields)."""
+
+    image: str = Field(description="Base64 (or data: URL) of a JPEG, PNG or WebP file.")
+    top_k: int = Field(5, ge=1)
+    model: str | None = Field(None, description="Defaults to the server's classify_model.")
+    version: str | None = None
+
+
+class ClassifyResponse(BaseModel):
+    """`minimal` detail returns only `predictions`."""
+
+    id: str
+    model: ModelRef
+    predictions: list[ClassPrediction]
+    metadata: Metadata
+
+
+class PredictParameters(_Closed):
+    top_k: int | None = Field(
+        None, ge=1, description="Classification models: classes per instance."
+    )
+    outputs: list[str] | None = Field(None, description="Outputs to return (default: all).")
+
+
+class PredictRequest(_Closed):
+    """Exactly one of `instance` or `instances`.
+
+    An instance is the value of the model's only input, or an object keyed by
+    input name. BYTES values are UTF-8 strings or `{"b64": "..."}`.
+    """
+
+    instance: Any | None = None
+    instances: list[Any] | None = None
+    parameters: PredictParameters | None = None
+
+
+class InstancePrediction(BaseModel):
+    """Classification models: label, class_id, confidence (and `top_k` when asked).
+    Other models: one key per output."""
+
+    model_config = ConfigDict(extra="allow")
+    label: str | None = None
+    class_id: int | None = None
+    confidence: float | None = None
+    top_k: list[ClassPrediction] | None = None
+
+
+class PredictResponse(BaseModel):
+    id: str
+    model: ModelRef
+    predictions: list[InstancePrediction]
+    metadata: Metadata
+
+
+class TensorSignature(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_size: int
+
+
+class VersionInfo(BaseModel):
+    version: str
+    state: Literal["READY", "FAILED"]
+    runtime: str | None = None
+    artifact: str | None = None
+    loaded_at: float | None = None
+    reason: str | None = None
+    stats: dict[str, Any] | None = None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    state: Literal["LOADING", "READY", "FAILED", "UNAVAILABLE"]
+    default_version: str | None
+    versions: list[str]
+    description: str = ""
+    reason: str | None = None
+
+
+class ModelDetail(ModelSummary):
+    inputs: list[TensorSignature] | None = None
+    outputs: list[TensorSignature] | None = None
+    labels: list[str] | None = None
+    batching: BatchingSettings | None = None
+    timeout_ms: int | None = None
+    preprocessing: dict[str, Any] | None = None
+    version_details: list[VersionInfo] = []
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "loading"]
+    models: dict[str, Any] | None = None

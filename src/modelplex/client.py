@@ -1,0 +1,135 @@
+"""A small synchronous Python client for the /v1 API (the CLI is built on it)."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ClientError(Exception):
+    """The server answered with a problem document, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ModelplexClient:
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ModelplexClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def list_models(self) -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = self._request("GET", "/v1/models")["models"]
+        return models
+
+    def get_model(self, model: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/models/{model}")
+
+    def predict(
+        self,
+        model: str,
+        instances: list[Any],
+        *,
+        version: str | None = None,
+        top_k: int | None = None,
+        detail: str = "standard",
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"instances": instances}
+        if top_k is not None:
+            body["parameters"] = {"top_k": top_k}
+        return self._request(
+            "POST",
+            _predict_path(model, version),
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", "X-Response-Detail": detail},
+        )
+
+    def predict_files(
+        self,
+        model: str,
+        input_name: str,
+        files: list[Path],
+        *,
+        version: str | None = None,
+        top_k: int | None = None,
+        detail: str = "standard",
+    ) -> dict[str, Any]:
+        uploads = [
+            (
+                input_name,
+                (
+                    f.name,
+                    f.read_bytes(),
+                    mimetypes.guess_type(f.name)[0] or "application/octet-stream",
+                ),
+            )
+            for f in files
+        ]
+        data = {"top_k": str(top_k)} if top_k is not None else None
+        return self._request(
+            "POST",
+            _predict_path(model, version),
+            files=uploads,
+            data=data,
+            headers={"X-Response-Detail": detail},
+        )
+
+    def classify(self, image: Path, *, top_k: int = 5, model: str | None = None) -> dict[str, Any]:
+        data = {"top_k": str(top_k)}
+        if model:
+            data["model"] = model
+        return self._request(
+            "POST",
+            "/v1/classify",
+            files={"image": (image.name, image.read_bytes(), "application/octet-stream")},
+            data=data,
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if response.is_error:
+            if isinstance(document, dict) and "code" in document:
+                raise ClientError(
+                    f"{document['code']}: {document.get('detail', '')}",
+                    status=response.status_code,
+                    code=str(document["code"]),
+                )
+            raise ClientError(f"HTTP {response.status_code}", status=response.status_code)
+        if not isinstance(document, dict):
+            raise ClientError("the server's answer is not a JSON object")
+        return document
+
+
+def _predict_path(model: str, version: str | None) -> str:
+    if version is None:
+        return f"/v1/models/{model}/predict"
+    return f"/v1/models/{model}/versions/{version}/predict"

@@ -1,0 +1,275 @@
+"""Dynamic batching: concurrent requests for one model version share model calls.
+
+One `Batcher` per served model version owns a bounded queue of pending rows and
+one task that forms batches and runs them, one at a time, on the version's own
+inference thread (the event loop never runs a model). While a batch runs, new
+requests queue up and form the next batch, so batches grow with load on their
+own; `max_batch_delay_s` additionally lets an idle model wait briefly for a
+fuller batch.
+
+All times are `time.monotonic()` (uvloop's `loop.time()` has millisecond
+resolution, too coarse for timing a batch).
+
+Guarantees:
+* each caller gets exactly its own rows back, in order;
+* the queue is bounded in rows: beyond it a request fails fast with
+  ResourceExhausted instead of waiting without bound;
+* a request whose deadline passes (or whose caller gave up) while queued is
+  dropped, never run;
+* a failed batch fails each of its members with its own error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modelplex.core.stats import ModelStats
+from modelplex.core.tensors import Array
+from modelplex.errors import (
+    InferenceFailed,
+    InferenceTimeout,
+    ModelNotReady,
+    ModelplexError,
+    ResourceExhausted,
+)
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[dict[str, Array]], dict[str, Array]]
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    outputs: dict[str, Array]
+    queue_wait_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: dict[str, Array]
+    rows: int
+    future: asyncio.Future[BatchOutcome]
+    deadline: float | None
+    enqueued: float = field(default=0.0)
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        predict: PredictFn,
+        executor: Executor,
+        *,
+        output_names: list[str],
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue_rows: int,
+        stats: ModelStats,
+    ) -> None:
+        self.name = name
+        self._predict = predict
+        self._executor = executor
+        self._output_names = output_names
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.max_queue_rows = max(max_queue_rows, max_batch_size)
+        self._stats = stats
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    async def submit(
+        self, inputs: dict[str, Array], rows: int, deadline: float | None
+    ) -> BatchOutcome:
+        """Queue `rows` instances and wait for their outputs.
+
+        Requests larger than `max_batch_size` are split into chunks that run in
+        consecutive batches and are joined again here.
+        """
+        if self._closed:
+            raise ModelNotReady(f"model '{self.name}' is unloading")
+        if self._queued_rows + rows > self.max_queue_rows:
+            self._stats.rejected_overload += 1
+            raise ResourceExhausted(
+                f"model '{self.name}' has {self._queued_rows} rows queued (limit "
+                f"{self.max_queue_rows}); retry later"
+            )
+        self._ensure_task()
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        chunks: list[_Pending] = []
+        for start in range(0, rows, self.max_batch_size):
+            stop = min(start + self.max_batch_size, rows)
+            part = inputs if stop - start == rows else {k: v[start:stop] for k, v in inputs.items()}
+            chunks.append(_Pending(part, stop - start, loop.create_future(), deadline, now))
+        self._queue.extend(chunks)
+        self._queued_rows += rows
+        self._wakeup.set()
+        if len(chunks) == 1:
+            return await chunks[0].future
+        try:
+            outcomes = await asyncio.gather(*(c.future for c in chunks))
+        except BaseException:
+            for chunk in chunks:
+                chunk.future.cancel()
+            raise
+        return BatchOutcome(
+            outputs={
+                name: np.concatenate([o.outputs[name] for o in outcomes])
+                for name in outcomes[0].outputs
+            },
+            queue_wait_s=max(o.queue_wait_s for o in outcomes),
+            inference_s=sum(o.inference_s for o in outcomes),
+            batch_size=max(o.batch_size for o in outcomes),
+        )
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher:{self.name}"
+            )
+
+    async def close(self) -> None:
+        """Stop taking requests; fail whatever is still queued."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_queued(ModelNotReady(f"model '{self.name}' was unloaded"))
+
+    def _fail_queued(self, error: ModelplexError) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(type(error)(error.message))
+        self._queued_rows = 0
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._wait_for_fuller_batch()
+                batch = self._take(time.monotonic())
+                if batch:
+                    await self._execute(batch, loop)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # A bug here must not leave callers waiting forever.
+            log.exception("batcher for %s stopped", self.name)
+            self._fail_queued(InferenceFailed(f"model '{self.name}' batcher failed"))
+            raise
+
+    async def _wait_for_fuller_batch(self) -> None:
+        if self.max_batch_delay_s <= 0:
+            return
+        window_end = self._queue[0].enqueued + self.max_batch_delay_s
+        while self._queued_rows < self.max_batch_size:
+            remaining = window_end - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    def _take(self, now: float) -> list[_Pending]:
+        """Pop up to `max_batch_size` live rows, dropping abandoned and expired ones."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # the caller gave up (deadline or disconnect)
+                self._pop()
+                self._stats.dropped_expired += 1
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                self._pop()
+                self._stats.dropped_expired += 1
+                item.future.set_exception(
+                    InferenceTimeout(f"deadline passed while queued for model '{self.name}'")
+                )
+                continue
+            if rows + item.rows > self.max_batch_size and batch:
+                break
+            self._pop()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _pop(self) -> None:
+        item = self._queue.popleft()
+        self._queued_rows -= item.rows
+
+    async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        if len(batch) == 1:
+            merged = batch[0].inputs
+        else:
+            merged = {
+                name: np.concatenate([item.inputs[name] for item in batch])
+                for name in batch[0].inputs
+            }
+        rows = sum(item.rows for item in batch)
+        start = time.monotonic()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predict, merged)
+            self._check_outputs(outputs, rows)
+        except Exception as exc:
+            elapsed = time.monotonic() - start
+            self._stats.record_batch(rows, elapsed)
+            if isinstance(exc, ModelplexError):
+                message = exc.message
+            else:
+                log.error("model %s failed on a batch of %d rows", self.name, rows, exc_info=exc)
+                message = f"model '{self.name}' failed on a batch of {rows} rows"
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed(message))
+            return
+        elapsed = time.monotonic() - start
+        self._stats.record_batch(rows, elapsed)
+        offset = 0
+        for item in batch:
+            part = (
+                outputs
+                if len(batch) == 1
+                else {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+            )
+            offset += item.rows
+            if not item.future.done():
+                self._stats.queue.add(start - item.enqueued)
+                item.future.set_result(BatchOutcome(part, start - item.enqueued, elapsed, rows))
+
+    def _check_outputs(self, outputs: dict[str, Array], rows: int) -> None:
+        for name in self._output_names:
+            tensor = outputs.get(name)
+            if tensor is None:
+                raise InferenceFailed(f"model '{self.name}' did not return output '{name}'")
+            if len(tensor) != rows:
+                raise InferenceFailed(
+                    f"model '{self.name}' returned {len(tensor)} rows of '{name}' for {rows} inputs"
+                )

@@ -1,0 +1,294 @@
+"""The model registry: which models and versions exist, their state, and lookup.
+
+Loading reads the repository folder by folder. A folder that fails (bad
+model.toml, missing artefact, signature that does not match the graph) is
+recorded as FAILED with its reason; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from modelplex.core.batching import Batcher
+from modelplex.core.classification import Classifier, read_labels
+from modelplex.core.model_config import ModelConfig, RuntimeKind, load_model_config
+from modelplex.core.preprocessing import ImagePreprocessor
+from modelplex.core.runtimes import Runtime, RuntimeSpec, load_runtime
+from modelplex.core.runtimes.base import describe_failure
+from modelplex.core.stats import ModelStats
+from modelplex.core.tensors import TensorSpec
+from modelplex.errors import (
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    VersionNotFound,
+)
+from modelplex.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.toml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ModelState(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """One loaded model version, ready to take requests."""
+
+    model: str
+    version: str
+    config: ModelConfig
+    runtime_kind: RuntimeKind
+    artifact: Path
+    inputs: tuple[TensorSpec, ...]
+    """The public signature clients send."""
+    outputs: tuple[TensorSpec, ...]
+    runtime: Runtime
+    batcher: Batcher
+    executor: ThreadPoolExecutor
+    stats: ModelStats
+    preprocessor: ImagePreprocessor | None
+    classifier: Classifier | None
+    timeout_s: float
+    is_default: bool = False
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "state": ModelState.READY.value,
+            "runtime": self.runtime_kind.value,
+            "artifact": self.artifact.name,
+            "loaded_at": self.loaded_at,
+            "is_default": self.is_default,
+        }
+
+
+@dataclass(eq=False)
+class VersionFailure:
+    version: str
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "state": ModelState.FAILED.value, "reason": self.reason}
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """A model folder and what became of it."""
+
+    name: str
+    path: Path
+    state: ModelState = ModelState.LOADING
+    reason: str | None = None
+    config: ModelConfig | None = None
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+    failures: dict[str, VersionFailure] = field(default_factory=dict)
+    default_version: str | None = None
+    labels: list[str] | None = None
+
+
+def version_sort_key(version: str) -> tuple[int, int, str]:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+class ModelRegistry:
+    def __init__(self, repository: Path, settings: Settings) -> None:
+        self.repository = repository
+        self._settings = settings
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.Lock()
+        self.loaded = threading.Event()
+        """Set once the initial load of the whole repository has finished."""
+
+    # -- loading ---------------------------------------------------------
+    def load_all(self) -> None:
+        """Load every model folder; failures are recorded, never raised."""
+        try:
+            if not self.repository.is_dir():
+                log.error("model repository %s does not exist", self.repository)
+                return
+            folders = sorted(
+                p
+                for p in self.repository.iterdir()
+                if p.is_dir() and not p.name.startswith((".", "_"))
+            )
+            for folder in folders:
+                entry = ModelEntry(name=folder.name, path=folder)
+                with self._lock:
+                    self._models[folder.name] = entry
+                self._load_entry(entry)
+        finally:
+            self.loaded.set()
+
+    def _load_entry(self, entry: ModelEntry) -> None:
+        started = time.perf_counter()
+        try:
+            if not _NAME.match(entry.name):
+                raise ModelLoadError(f"'{entry.name}' is not a valid model name")
+            config = load_model_config(entry.path / MODEL_FILE)
+            entry.config = config
+            if config.classification and config.classification.labels:
+                entry.labels = read_labels(entry.path / config.classification.labels)
+            versions = sorted(
+                (p.name for p in entry.path.iterdir() if p.is_dir() and _NAME.match(p.name)),
+                key=version_sort_key,
+            )
+            if not versions:
+                raise ModelLoadError("no version folders")
+            for version in versions:
+                try:
+                    entry.versions[version] = self._load_version(entry, config, version)
+                except Exception as exc:
+                    reason = describe_failure(exc)
+                    log.error("model %s version %s failed to load: %s", entry.name, version, reason)
+                    entry.failures[version] = VersionFailure(version, reason)
+            default = config.default_version or versions[-1]
+            if default not in versions:
+                raise ModelLoadError(f"default_version '{default}' has no folder")
+            entry.default_version = default
+            if default in entry.versions:
+                entry.versions[default].is_default = True
+                entry.state = ModelState.READY
+            else:
+                entry.state = ModelState.FAILED
+                entry.reason = f"default version {default}: {entry.failures[default].reason}"
+        except Exception as exc:
+            entry.state = ModelState.FAILED
+            entry.reason = describe_failure(exc)
+            log.error("model %s failed to load: %s", entry.name, entry.reason)
+            return
+        log.info(
+            "model %s loaded: versions %s (default %s) in %.2fs",
+            entry.name,
+            sorted(entry.versions, key=version_sort_key),
+            entry.default_version,
+            time.perf_counter() - started,
+        )
+
+    def _load_version(self, entry: ModelEntry, config: ModelConfig, version: str) -> ServedVersion:
+        settings = self._settings
+        inputs = tuple(t.spec() for t in config.inputs)
+        outputs = tuple(t.spec() for t in config.outputs)
+        preprocessor = (
+            ImagePreprocessor(config.preprocessing, settings.max_image_pixels)
+            if config.preprocessing
+            else None
+        )
+        runtime_inputs = inputs
+        if preprocessor is not None and config.preprocessing is not None:
+            source = config.preprocessing.input
+            runtime_inputs = (
+                *(s for s in inputs if s.name != source),
+                preprocessor.output_spec,
+            )
+        kind = config.runtime_for(version)
+        artifact = entry.path / version / config.artifact_for(version)
+        runtime = load_runtime(
+            RuntimeSpec(
+                kind=kind,
+                artifact=artifact,
+                inputs=runtime_inputs,
+                outputs=outputs,
+                threads=config.onnx.intra_op_threads or settings.effective_inference_threads,
+                sklearn=config.sklearn,
+                python=config.python,
+                module_name=f"modelplex_user_model.{entry.name}.{version}",
+            )
+        )
+        classifier = None
+        if config.classification:
+            scores = next(o for o in outputs if o.name == config.classification.output)
+            classes = scores.shape[-1] if scores.shape else 0
+            classifier = Classifier(config.classification, entry.labels, max(classes, 0))
+        stats = ModelStats()
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{entry.name}-{version}")
+        batching = config.batching
+        batcher = Batcher(
+            f"{entry.name}:{version}",
+            runtime.predict,
+            executor,
+            output_names=[o.name for o in outputs],
+            max_batch_size=batching.max_batch_size or settings.default_max_batch_size,
+            max_batch_delay_s=(
+                batching.max_batch_delay_ms
+                if batching.max_batch_delay_ms is not None
+                else settings.default_max_batch_delay_ms
+            )
+            / 1000,
+            max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
+            stats=stats,
+        )
+        return ServedVersion(
+            model=entry.name,
+            version=version,
+            config=config,
+            runtime_kind=kind,
+            artifact=artifact,
+            inputs=inputs,
+            outputs=outputs,
+            runtime=runtime,
+            batcher=batcher,
+            executor=executor,
+            stats=stats,
+            preprocessor=preprocessor,
+            classifier=classifier,
+            timeout_s=(config.timeout_ms or settings.default_timeout_ms) / 1000,
+        )
+
+    async def close(self) -> None:
+        with self._lock:
+            entries = list(self._models.values())
+        for entry in entries:
+            for served in entry.versions.values():
+                await served.batcher.close()
+                served.executor.shutdown(wait=False, cancel_futures=True)
+                served.runtime.close()
+
+    # -- lookup ----------------------------------------------------------
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda e: e.name)
+
+    def entry(self, model: str) -> ModelEntry:
+        with self._lock:
+            found = self._models.get(model)
+        if found is None:
+            raise ModelNotFound(f"model '{model}' does not exist")
+        return found
+
+    def get(self, model: str, version: str | None = None) -> ServedVersion:
+        """The served version for a request, or the error the client should see."""
+        entry = self.entry(model)
+        if entry.state is ModelState.LOADING:
+            raise ModelNotReady(f"model '{model}' is still loading")
+        if version is None:
+            if entry.state is not ModelState.READY or entry.default_version is None:
+                raise ModelNotReady(f"model '{model}' is not ready: {entry.reason}")
+            version = entry.default_version
+        served = entry.versions.get(version)
+        if served is not None:
+            return served
+        failure = entry.failures.get(version)
+        if failure is not None:
+            raise ModelNotReady(
+                f"model '{model}' version '{version}' failed to load: {failure.reason}"
+            )
+        if entry.state is ModelState.FAILED and not entry.versions:
+            raise ModelNotReady(f"model '{model}' is not ready: {entry.reason}")
+        raise VersionNotFound(f"model '{model}' has no version '{version}'")

@@ -1,0 +1,64 @@
+"""The runtime interface and the factory that picks an implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from modelplex.core.model_config import PythonOptions, RuntimeKind, SklearnOptions
+from modelplex.core.tensors import Array, TensorSpec
+from modelplex.errors import ModelLoadError
+
+
+class Runtime(Protocol):
+    """A loaded model version. `predict` runs in a worker thread, one batch at a time."""
+
+    def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        """Map batch-first input tensors to batch-first output tensors."""
+        ...
+
+    def close(self) -> None:
+        """Release what `load` acquired."""
+        ...
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Everything a runtime needs to load one version."""
+
+    kind: RuntimeKind
+    artifact: Path
+    inputs: tuple[TensorSpec, ...]
+    """The tensors the runtime receives (after any pre-processing)."""
+    outputs: tuple[TensorSpec, ...]
+    threads: int = 1
+    sklearn: SklearnOptions = field(default_factory=SklearnOptions)
+    python: PythonOptions = field(default_factory=PythonOptions)
+    module_name: str = "modelplex_user_model"
+
+
+def load_runtime(spec: RuntimeSpec) -> Runtime:
+    """Load `spec.artifact` with the runtime `spec.kind` names."""
+    if not spec.artifact.is_file():
+        raise ModelLoadError(
+            f"artifact '{spec.artifact.name}' not found in {spec.artifact.parent.name}/"
+        )
+    # Imported here so a server that serves only one runtime never imports the others.
+    if spec.kind is RuntimeKind.ONNX:
+        from modelplex.core.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(spec)
+    if spec.kind is RuntimeKind.SKLEARN:
+        from modelplex.core.runtimes.sklearn import SklearnRuntime
+
+        return SklearnRuntime(spec)
+    from modelplex.core.runtimes.python import PythonRuntime
+
+    return PythonRuntime(spec)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a load failure, for logs and the model listing."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,64 @@
+"""User-written models: a class in the version folder's `model.py`.
+
+    class Model:
+        def __init__(self, **options): ...          # options from [python].options
+        def load(self, path: pathlib.Path): ...      # optional; the version folder
+        def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+`predict` receives batch-first tensors and must return one batch-first tensor per
+declared output, with as many rows as it was given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import numpy as np
+
+from modelplex.core.runtimes.base import RuntimeSpec
+from modelplex.core.tensors import Array
+from modelplex.errors import ModelLoadError
+
+
+class PythonRuntime:
+    def __init__(self, spec: RuntimeSpec) -> None:
+        module_spec = importlib.util.spec_from_file_location(spec.module_name, spec.artifact)
+        if module_spec is None or module_spec.loader is None:
+            raise ModelLoadError(f"cannot import {spec.artifact.name}")
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelLoadError(f"importing {spec.artifact.name} failed: {exc!r}") from exc
+        cls = getattr(module, spec.python.class_name, None)
+        if not isinstance(cls, type):
+            raise ModelLoadError(f"{spec.artifact.name} has no class {spec.python.class_name}")
+        try:
+            self._model: Any = cls(**spec.python.options)
+            load = getattr(self._model, "load", None)
+            if callable(load):
+                load(spec.artifact.parent)
+        except Exception as exc:
+            raise ModelLoadError(f"{spec.python.class_name} failed to load: {exc!r}") from exc
+        if not callable(getattr(self._model, "predict", None)):
+            raise ModelLoadError(f"{spec.python.class_name} has no predict(batch) method")
+        self._module_name = spec.module_name
+        self._dtypes = {out.name: out.datatype.numpy_dtype for out in spec.outputs}
+        sys.modules.pop(spec.module_name, None)
+
+    def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        result = self._model.predict(inputs)
+        if not isinstance(result, dict):
+            raise TypeError(f"predict() returned {type(result).__name__}, not a dict of arrays")
+        return {
+            name: np.asarray(result[name]).astype(dtype, copy=False)
+            for name, dtype in self._dtypes.items()
+            if name in result
+        }
+
+    def close(self) -> None:
+        close = getattr(self._model, "close", None)
+        if callable(close):
+            close()

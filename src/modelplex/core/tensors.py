@@ -1,0 +1,181 @@
+"""Tensor data types and signatures.
+
+Data type names are the Open Inference Protocol's (BOOL, INT64, FP32, BYTES,
+...), so the same signature serves the native API and the standard protocol.
+A `TensorSpec.shape` describes one instance (one batch row): the batch
+dimension is implicit and always first in the tensors the core passes around.
+BYTES tensors are numpy object arrays holding `bytes`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelplex.errors import InvalidInput
+
+Array = npt.NDArray[Any]
+"""A batch-first tensor."""
+
+
+class Datatype(StrEnum):
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        return _TO_NUMPY[self]
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[Any]) -> Datatype:
+        if dtype.kind in ("O", "S", "U"):
+            return cls.BYTES
+        try:
+            return _FROM_NUMPY[np.dtype(dtype)]
+        except KeyError:
+            raise InvalidInput(f"unsupported tensor dtype {dtype}") from None
+
+
+_TO_NUMPY: dict[Datatype, np.dtype[Any]] = {
+    Datatype.BOOL: np.dtype(np.bool_),
+    Datatype.UINT8: np.dtype(np.uint8),
+    Datatype.UINT16: np.dtype(np.uint16),
+    Datatype.UINT32: np.dtype(np.uint32),
+    Datatype.UINT64: np.dtype(np.uint64),
+    Datatype.INT8: np.dtype(np.int8),
+    Datatype.INT16: np.dtype(np.int16),
+    Datatype.INT32: np.dtype(np.int32),
+    Datatype.INT64: np.dtype(np.int64),
+    Datatype.FP16: np.dtype(np.float16),
+    Datatype.FP32: np.dtype(np.float32),
+    Datatype.FP64: np.dtype(np.float64),
+    Datatype.BYTES: np.dtype(object),
+}
+_FROM_NUMPY: dict[np.dtype[Any], Datatype] = {
+    v: k for k, v in _TO_NUMPY.items() if k is not Datatype.BYTES
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, data type and per-instance shape (-1 = any size) of one tensor."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]
+
+    def accepts_shape(self, instance_shape: tuple[int, ...]) -> bool:
+        if len(instance_shape) != len(self.shape):
+            return False
+        return all(want in (-1, got) for want, got in zip(self.shape, instance_shape, strict=True))
+
+    def check_batch(self, tensor: Array) -> None:
+        """Raise InvalidInput unless `tensor` is a batch of instances of this spec."""
+        if tensor.ndim < 1:
+            raise InvalidInput(f"input '{self.name}' must have a batch dimension")
+        if not self.accepts_shape(tuple(tensor.shape[1:])):
+            raise InvalidInput(
+                f"input '{self.name}' has shape {list(tensor.shape[1:])} per instance; "
+                f"expected {list(self.shape)}"
+            )
+        if Datatype.from_numpy(tensor.dtype) is not self.datatype:
+            raise InvalidInput(
+                f"input '{self.name}' has datatype {Datatype.from_numpy(tensor.dtype)}; "
+                f"expected {self.datatype}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": str(self.datatype), "shape": list(self.shape)}
+
+
+def batch_size_of(tensors: dict[str, Array]) -> int:
+    """Rows in a set of batch-first tensors; they must all agree."""
+    sizes = {len(t) for t in tensors.values()}
+    if len(sizes) != 1:
+        raise InvalidInput("all inputs must have the same number of instances")
+    return sizes.pop()
+
+
+_INT_KINDS = frozenset("iu")
+_NUMBER_KINDS = frozenset("iuf")
+
+
+def to_tensor(values: Any, spec: TensorSpec) -> Array:
+    """Convert a JSON-decoded batch of instances (a list) into a tensor for `spec`.
+
+    Conversions that would lose information are refused rather than performed:
+    floats for an integer input, strings for a number, booleans for a number,
+    ragged nesting, integers out of range.
+    """
+    if spec.datatype is Datatype.BYTES:
+        arr = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            arr[i] = _to_bytes(value, spec.name)
+        if spec.shape not in ((), (-1,), (1,)):
+            raise InvalidInput(f"input '{spec.name}': BYTES inputs must be scalars per instance")
+        return arr.reshape((len(values), *([1] if spec.shape == (1,) else [])))
+    try:
+        raw = np.asarray(values)
+    except ValueError:
+        raise InvalidInput(f"input '{spec.name}' is ragged or not a numeric array") from None
+    kind = raw.dtype.kind
+    target = spec.datatype.numpy_dtype
+    if spec.datatype is Datatype.BOOL:
+        if kind != "b":
+            raise InvalidInput(f"input '{spec.name}' expects booleans (BOOL)")
+    elif kind == "b" or kind not in _NUMBER_KINDS:
+        raise InvalidInput(f"input '{spec.name}' expects numbers of datatype {spec.datatype}")
+    elif target.kind in _INT_KINDS:
+        if kind not in _INT_KINDS:
+            raise InvalidInput(f"input '{spec.name}' expects integers ({spec.datatype})")
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise InvalidInput(f"input '{spec.name}' has values out of range for {spec.datatype}")
+    tensor = raw.astype(target, copy=False)
+    spec.check_batch(tensor)
+    return tensor
+
+
+def _to_bytes(value: Any, name: str) -> bytes:
+    """A BYTES element: a UTF-8 string, or {"b64": "..."} for binary data."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"input '{name}' is not valid base64") from None
+    raise InvalidInput(f'input \'{name}\' expects a string or {{"b64": "..."}} per instance')
+
+
+def to_jsonable(tensor: Array) -> Any:
+    """A tensor row (or batch) as plain JSON values; BYTES become UTF-8 text or b64."""
+    if tensor.dtype == object:
+        return [_bytes_to_json(v) for v in tensor.reshape(-1)]
+    return tensor.tolist()
+
+
+def _bytes_to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode()}
+    return value

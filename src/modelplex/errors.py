@@ -1,0 +1,93 @@
+"""The modelplex error hierarchy.
+
+Domain errors know nothing of HTTP or gRPC; `modelplex.error_map` is the one
+place that turns them into status codes and stable problem codes.
+
+    ModelplexError
+    ├── InvalidInput            the request does not match what the model accepts
+    ├── NotFound
+    │   ├── ModelNotFound
+    │   ├── VersionNotFound
+    │   └── RouteNotFound
+    ├── MethodNotAllowed
+    ├── ModelNotReady
+    ├── InferenceTimeout        a model or request deadline passed
+    ├── ResourceExhausted       a bounded queue is full (carries retry_after_s)
+    ├── PayloadTooLarge
+    ├── UnsupportedMediaType
+    ├── ModelLoadError          a model folder cannot be turned into a served model
+    └── InternalError
+        └── InferenceFailed     the model raised while running a batch
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+
+class ModelplexError(Exception):
+    """An error occurred."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (type(self).__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class InvalidInput(ModelplexError):
+    """The request's input is invalid."""
+
+
+class NotFound(ModelplexError):
+    """The resource was not found."""
+
+
+class ModelNotFound(NotFound):
+    """The model does not exist."""
+
+
+class VersionNotFound(NotFound):
+    """The model version does not exist."""
+
+
+class RouteNotFound(NotFound):
+    """No such endpoint."""
+
+
+class MethodNotAllowed(ModelplexError):
+    """The endpoint does not accept this method."""
+
+
+class ModelNotReady(ModelplexError):
+    """The model is not ready to serve."""
+
+
+class InferenceTimeout(ModelplexError):
+    """The inference did not finish before its deadline."""
+
+
+class ResourceExhausted(ModelplexError):
+    """The server is overloaded; retry later."""
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLarge(ModelplexError):
+    """The request body is too large."""
+
+
+class UnsupportedMediaType(ModelplexError):
+    """The request's content type is not supported."""
+
+
+class ModelLoadError(ModelplexError):
+    """The model could not be loaded."""
+
+
+class InternalError(ModelplexError):
+    """An internal error occurred."""
+
+
+class InferenceFailed(InternalError):
+    """The model failed while running inference."""

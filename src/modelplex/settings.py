@@ -1,0 +1,132 @@
+"""The one typed settings object.
+
+Every field is also an environment variable (`MODELPLEX_<FIELD>`) and a key in
+an optional TOML file named by `MODELPLEX_CONFIG_FILE` (or `--config` on the
+CLI). Precedence: explicit arguments > environment > TOML file > defaults.
+
+Reading settings never loads a model or touches the disk beyond the TOML file:
+turning settings into a running server is `modelplex.server`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "MODELPLEX_CONFIG_FILE"
+
+
+def default_cache_dir() -> Path:
+    """Where built artefacts (the example model repository) are cached."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "modelplex"
+
+
+class Settings(BaseSettings):
+    """modelplex server settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLEX_",
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    config_file: Path | None = None
+    """TOML file the other settings were read from (env `MODELPLEX_CONFIG_FILE`)."""
+
+    host: str = "127.0.0.1"
+    """Interface the HTTP server binds to."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """HTTP port; 0 picks a free one."""
+
+    model_repository: Path | None = None
+    """Directory with one folder per model. Unset: the example repository, built
+    once into `cache_dir` so a fresh data directory starts in seconds."""
+
+    data_dir: Path = Path(".modelplex")
+    """Runtime state: databases, blobs."""
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Build cache, kept outside `data_dir` (default `~/.cache/modelplex`)."""
+
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest request body accepted; larger ones get PAYLOAD_TOO_LARGE (413)."""
+
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    """Largest decoded image (width x height) accepted, against decompression bombs."""
+
+    default_timeout_ms: int = Field(default=30_000, gt=0)
+    """Inference timeout for models whose model.toml sets none."""
+
+    max_request_timeout_ms: int = Field(default=300_000, gt=0)
+    """Upper bound a client may ask for with `X-Request-Timeout-Ms`."""
+
+    default_max_batch_size: int = Field(default=1, gt=0)
+    """Batch size for models whose model.toml has no [batching] section."""
+
+    default_max_batch_delay_ms: float = Field(default=0.0, ge=0)
+    """Batching window for models whose model.toml sets none."""
+
+    default_max_queue_size: int = Field(default=256, gt=0)
+    """Rows that may wait per model version before RESOURCE_EXHAUSTED."""
+
+    inference_threads: int = Field(default=0, ge=0)
+    """Intra-op threads per ONNX Runtime session; 0 uses every core."""
+
+    preprocess_threads: int = Field(default=0, ge=0)
+    """Threads that decode and resize inputs; 0 uses every core."""
+
+    classify_model: str = "image-classifier"
+    """Model that `POST /v1/classify` uses when the request names none."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of modelplex's own log lines."""
+
+    access_log: bool = False
+    """One log line per HTTP request (costs throughput at high request rates)."""
+
+    @field_validator("model_repository", "data_dir", "cache_dir", mode="after")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file's own path can come from the init arguments or the
+        # environment, so it is looked up before the sources are assembled.
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        toml_path = init_kwargs.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            path = Path(toml_path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"settings file not found: {path}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def effective_inference_threads(self) -> int:
+        return self.inference_threads or (os.cpu_count() or 1)
+
+    @property
+    def effective_preprocess_threads(self) -> int:
+        return self.preprocess_threads or (os.cpu_count() or 1)

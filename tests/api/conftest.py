@@ -1,0 +1,74 @@
+"""A server over a small repository of test models next to deliberately broken folders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelplex.server import RunningServer, start
+from tests.conftest import settings_for, wait_ready
+from tests.helpers import copy_model, write_python_model
+
+BATCHING = """
+[batching]
+max_batch_size = 16
+max_batch_delay_ms = 50
+max_queue_size = 64
+"""
+
+ONE_AT_A_TIME = """
+[batching]
+max_batch_size = 1
+max_batch_delay_ms = 0
+max_queue_size = 2
+"""
+
+
+def build_zoo(repo: Path, example_repo: Path) -> None:
+    copy_model(example_repo, "digits", repo)
+    write_python_model(repo, "doubler", batching=BATCHING)
+    write_python_model(repo, "batched", delay_ms=100, batching=BATCHING)
+    write_python_model(repo, "slow", delay_ms=1500, timeout_ms=300)
+    write_python_model(repo, "held", delay_ms=600)
+    write_python_model(repo, "queued", delay_ms=600)
+    write_python_model(repo, "tiny-queue", delay_ms=300, batching=ONE_AT_A_TIME, timeout_ms=10000)
+    write_python_model(repo, "crashes", fail=True)
+    write_python_model(repo, "versioned", versions=("1", "2", "10"))
+    # Broken folders, each for a different reason.
+    (repo / "bad-toml").mkdir()
+    (repo / "bad-toml" / "model.toml").write_text("runtime = [unclosed")
+    missing = write_python_model(repo, "missing-artifact")
+    (missing / "1" / "model.py").unlink()
+    typo = write_python_model(repo, "typo-key")
+    (typo / "model.toml").write_text((typo / "model.toml").read_text() + "\nmax_batchsize = 3\n")
+    wrong = copy_model(example_repo, "digits", repo / "_tmp")
+    wrong.rename(repo / "wrong-signature")
+    (repo / "_tmp").rmdir()
+    toml = repo / "wrong-signature" / "model.toml"
+    toml.write_text(toml.read_text().replace('name = "pixels"', 'name = "features"', 1))
+    half = write_python_model(repo, "half-broken", versions=("1", "2"))
+    (half / "2" / "model.py").write_text("raise ImportError('no such dependency')\n")
+
+
+@pytest.fixture(scope="session")
+def zoo_repo(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("zoo")
+    build_zoo(repo, example_repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def zoo_server(zoo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    settings = settings_for(tmp_path_factory.mktemp("zoo-server"), max_request_bytes=64 * 1024)
+    with start(settings, zoo_repo) as server:
+        yield server
+
+
+@pytest.fixture
+def zoo(zoo_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=zoo_server.url, timeout=30) as http:
+        wait_ready(http)
+        yield http

@@ -1,0 +1,81 @@
+"""Model listing, detail and the repository's failure reporting over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+
+BROKEN = {"bad-toml", "missing-artifact", "typo-key", "wrong-signature"}
+
+
+def test_readyz_reports_ready_and_failed_models(zoo: httpx.Client) -> None:
+    response = zoo.get("/readyz")
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert {"digits", "doubler", "versioned"} <= set(models["ready"])
+    # half-broken's default version is the broken one, so the model is not ready as a whole.
+    assert {*BROKEN, "half-broken"} <= set(models["failed"])
+
+
+def test_healthz_is_live(zoo: httpx.Client) -> None:
+    assert zoo.get("/healthz").json() == {"status": "ok"}
+
+
+def test_broken_folders_are_listed_with_their_reason(zoo: httpx.Client) -> None:
+    models = {m["name"]: m for m in zoo.get("/v1/models").json()["models"]}
+    assert models["bad-toml"]["state"] == "FAILED"
+    assert "not valid TOML" in models["bad-toml"]["reason"]
+    assert "model.py" in models["missing-artifact"]["reason"]
+    assert "max_batchsize" in models["typo-key"]["reason"]
+    assert "'pixels'" in models["wrong-signature"]["reason"]
+    assert models["digits"]["state"] == "READY"
+
+
+def test_broken_model_answers_model_not_ready(zoo: httpx.Client) -> None:
+    response = zoo.post("/v1/models/missing-artifact/predict", json={"instance": [1, 2]})
+    assert response.status_code == 503
+    assert response.json()["code"] == "MODEL_NOT_READY"
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_one_broken_version_leaves_the_others_serving(zoo: httpx.Client) -> None:
+    detail = zoo.get("/v1/models/half-broken").json()
+    states = {v["version"]: v["state"] for v in detail["version_details"]}
+    assert states == {"1": "READY", "2": "FAILED"}
+    assert detail["state"] == "FAILED"  # the default (highest) version is the broken one
+    ok = zoo.post("/v1/models/half-broken/versions/1/predict", json={"instance": [1, 2]})
+    assert ok.status_code == 200
+    assert ok.json()["predictions"] == [{"y": [2.0, 4.0]}]
+    broken = zoo.post("/v1/models/half-broken/versions/2/predict", json={"instance": [1, 2]})
+    assert broken.status_code == 503
+    assert "no such dependency" in broken.json()["detail"]
+
+
+def test_model_detail_has_signature_labels_batching_and_versions(zoo: httpx.Client) -> None:
+    detail = zoo.get("/v1/models/digits").json()
+    assert detail["state"] == "READY"
+    assert detail["default_version"] == "2"
+    assert detail["versions"] == ["1", "2"]
+    assert detail["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [64]}]
+    assert {o["name"] for o in detail["outputs"]} == {"label", "probabilities"}
+    assert detail["labels"] == [str(d) for d in range(10)]
+    assert detail["batching"] == {
+        "max_batch_size": 64,
+        "max_batch_delay_ms": 0.0,
+        "max_queue_size": 1024,
+    }
+    runtimes = {v["version"]: v["runtime"] for v in detail["version_details"]}
+    assert runtimes == {"1": "sklearn", "2": "onnx"}
+
+
+def test_versions_sort_numerically_and_default_is_highest(zoo: httpx.Client) -> None:
+    detail = zoo.get("/v1/models/versioned").json()
+    assert detail["versions"] == ["1", "2", "10"]
+    assert detail["default_version"] == "10"
+    response = zoo.post("/v1/models/versioned/predict", json={"instance": [1, 1]})
+    assert response.headers["X-Model-Version"] == "10"
+
+
+def test_unknown_model_detail_is_404(zoo: httpx.Client) -> None:
+    response = zoo.get("/v1/models/nope")
+    assert response.status_code == 404
+    assert response.json()["code"] == "MODEL_NOT_FOUND"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import skimage.data
+
+from modelplex.examples import ensure_example_repository
+from modelplex.server import RunningServer, start
+from modelplex.settings import Settings, default_cache_dir
+from tests.helpers import encode_image
+
+
+@pytest.fixture(scope="session")
+def example_repo() -> Path:
+    """The real example models (built once into the user cache, as `modelplex serve` does)."""
+    return ensure_example_repository(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    """Real photos shipped with scikit-image, encoded as a client would send them."""
+    return {
+        "cat.jpg": encode_image(skimage.data.chelsea(), "JPEG"),
+        "coffee.png": encode_image(skimage.data.coffee(), "PNG"),
+        "tripod.webp": encode_image(skimage.data.camera(), "WEBP"),
+    }
+
+
+def settings_for(tmp: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"port": 0, "data_dir": tmp / "data", "cache_dir": tmp / "cache"}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def wait_ready(client: httpx.Client) -> None:
+    for _ in range(600):
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("server never became ready")
+
+
+@pytest.fixture(scope="session")
+def example_server(
+    example_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    settings = settings_for(tmp_path_factory.mktemp("example-server"))
+    with start(settings, example_repo) as server:
+        yield server
+
+
+@pytest.fixture
+def client(example_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=example_server.url, timeout=30) as http:
+        wait_ready(http)
+        yield http

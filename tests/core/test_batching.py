@@ -1,0 +1,196 @@
+"""The Batcher on its own, with plain functions as models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelplex.core.batching import Batcher
+from modelplex.core.stats import ModelStats
+from modelplex.errors import InferenceFailed, InferenceTimeout, ModelNotReady, ResourceExhausted
+
+
+class Recorder:
+    """Doubles x, remembers each call's batch size, optionally blocks until released."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.fail = fail
+
+    def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.release.wait(5)
+        self.calls.append(len(inputs["x"]))
+        if self.fail:
+            raise RuntimeError("boom")
+        return {"y": inputs["x"] * 2}
+
+
+def make(model: Recorder, **kwargs: Any) -> tuple[Batcher, ModelStats, ThreadPoolExecutor]:
+    stats = ModelStats()
+    executor = ThreadPoolExecutor(1)
+    options: dict[str, Any] = {"max_batch_size": 8, "max_batch_delay_s": 0.02, "max_queue_rows": 64}
+    options.update(kwargs)
+    return (
+        Batcher("m:1", model, executor, output_names=["y"], stats=stats, **options),
+        stats,
+        executor,
+    )
+
+
+def rows(*values: float) -> dict[str, Any]:
+    return {"x": np.array([[v] for v in values], dtype=np.float32)}
+
+
+async def submit(batcher: Batcher, *values: float, deadline: float | None = None) -> list[float]:
+    outcome = await batcher.submit(rows(*values), len(values), deadline)
+    return [float(v) for v in outcome.outputs["y"].reshape(-1)]
+
+
+def test_concurrent_requests_are_merged_and_split_back() -> None:
+    model = Recorder()
+    batcher, stats, executor = make(model)
+
+    async def main() -> list[list[float]]:
+        return await asyncio.gather(*(submit(batcher, i, 10 + i) for i in range(4)))
+
+    results = asyncio.run(main())
+    assert results == [[2.0 * i, 2.0 * (10 + i)] for i in range(4)]
+    assert sum(model.calls) == 8
+    assert len(model.calls) < 4
+    assert stats.execution_count == len(model.calls)
+    executor.shutdown()
+
+
+def test_requests_arriving_while_busy_form_the_next_batch() -> None:
+    model = Recorder()
+    batcher, _, executor = make(model, max_batch_delay_s=0)
+
+    async def main() -> list[list[float]]:
+        model.release.clear()
+        first = asyncio.create_task(submit(batcher, 1))
+        await asyncio.sleep(0.05)  # the first batch is now running, blocked
+        others = [asyncio.create_task(submit(batcher, v)) for v in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        return [await first, *[await t for t in others]]
+
+    assert asyncio.run(main()) == [[2.0], [4.0], [6.0], [8.0]]
+    assert model.calls == [1, 3]
+    executor.shutdown()
+
+
+def test_large_request_is_chunked_to_max_batch_size() -> None:
+    model = Recorder()
+    batcher, _, executor = make(model, max_batch_size=4)
+    values = [float(v) for v in range(10)]
+    assert asyncio.run(submit(batcher, *values)) == [2 * v for v in values]
+    assert model.calls == [4, 4, 2]
+    executor.shutdown()
+
+
+def test_queue_bound_sheds_load() -> None:
+    model = Recorder()
+    batcher, stats, executor = make(model, max_batch_size=1, max_queue_rows=2, max_batch_delay_s=0)
+
+    async def main() -> list[object]:
+        model.release.clear()
+        running = asyncio.create_task(submit(batcher, 0))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(submit(batcher, v)) for v in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted):
+            await submit(batcher, 3)
+        model.release.set()
+        return [await running, *[await q for q in queued]]
+
+    assert asyncio.run(main()) == [[0.0], [2.0], [4.0]]
+    assert stats.rejected_overload == 1
+    executor.shutdown()
+
+
+def test_expired_request_is_dropped_not_run() -> None:
+    model = Recorder()
+    batcher, stats, executor = make(model, max_batch_delay_s=0)
+
+    async def main() -> None:
+        model.release.clear()
+        running = asyncio.create_task(submit(batcher, 1))
+        await asyncio.sleep(0.05)
+        expiring = asyncio.create_task(submit(batcher, 2, deadline=time.monotonic() + 0.01))
+        await asyncio.sleep(0.1)  # its deadline passes while the model is busy
+        model.release.set()
+        assert await running == [2.0]
+        with pytest.raises(InferenceTimeout):
+            await expiring
+
+    asyncio.run(main())
+    assert model.calls == [1]
+    assert stats.dropped_expired == 1
+    executor.shutdown()
+
+
+def test_failed_batch_fails_every_member() -> None:
+    model = Recorder(fail=True)
+    batcher, stats, executor = make(model)
+
+    async def main() -> list[BaseException | list[float]]:
+        return await asyncio.gather(
+            *(submit(batcher, v) for v in (1, 2, 3)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, InferenceFailed) for r in results)
+    assert "boom" not in str(results[0])
+    assert stats.execution_count >= 1
+    executor.shutdown()
+
+
+def test_wrong_number_of_output_rows_is_a_failure() -> None:
+    def short(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"y": inputs["x"][:1]}
+
+    stats = ModelStats()
+    executor = ThreadPoolExecutor(1)
+    batcher = Batcher(
+        "m:1",
+        short,
+        executor,
+        output_names=["y"],
+        max_batch_size=8,
+        max_batch_delay_s=0,
+        max_queue_rows=8,
+        stats=stats,
+    )
+    with pytest.raises(InferenceFailed, match="returned 1 rows"):
+        asyncio.run(submit(batcher, 1, 2))
+    executor.shutdown()
+
+
+def test_closed_batcher_refuses_and_fails_queued() -> None:
+    model = Recorder()
+    batcher, _, executor = make(model, max_batch_delay_s=0)
+
+    async def main() -> None:
+        model.release.clear()
+        running = asyncio.create_task(submit(batcher, 1))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(submit(batcher, 2))
+        await asyncio.sleep(0)
+        await batcher.close()
+        model.release.set()
+        with pytest.raises(ModelNotReady):
+            await queued
+        with pytest.raises(ModelNotReady):
+            await submit(batcher, 3)
+        running.cancel()
+
+    asyncio.run(main())
+    executor.shutdown()

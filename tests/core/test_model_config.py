@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelplex.core.model_config import RuntimeKind, load_model_config
+from modelplex.errors import ModelLoadError
+
+VALID = """
+runtime = "onnx"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [4]
+[[outputs]]
+name = "p"
+datatype = "FP32"
+shape = [3]
+[classification]
+output = "p"
+[versions."1"]
+runtime = "sklearn"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "model.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_and_version_overrides(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, VALID))
+    assert config.runtime_for("1") is RuntimeKind.SKLEARN
+    assert config.artifact_for("1") == "model.joblib"
+    assert config.runtime_for("2") is RuntimeKind.ONNX
+    assert config.artifact_for("2") == "model.onnx"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("runtime = 'onnx'\nwhat = 1", "what"),
+        ("runtime = 'tensorflow'", "runtime"),
+        (VALID.replace("shape = [4]", "shape = [0]"), "positive or -1"),
+        (VALID.replace('output = "p"', 'output = "q"'), "not an output"),
+        (VALID.replace('datatype = "FP32"', 'datatype = "FLOAT"', 1), "datatype"),
+        ("runtime = ", "not valid TOML"),
+    ],
+)
+def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load_model_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_model_config(tmp_path / "model.toml")

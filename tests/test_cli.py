@@ -1,0 +1,128 @@
+"""The `modelplex` command as a user runs it: a real process, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import modelplex
+
+CLI = [sys.executable, "-m", "modelplex"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("cli")
+    env = {**os.environ, "MODELPLEX_DATA_DIR": str(workdir / "data")}
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--model-repository", str(example_repo)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_version() -> None:
+    result = run_cli("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == modelplex.__version__
+
+
+def test_models_list(served: str) -> None:
+    result = run_cli("models", "list", "--url", served)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "READY" in lines["digits"]
+    assert "versions=1,2" in lines["digits"]
+    assert "image-classifier" in lines
+
+
+def test_predict_json_file(served: str, tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    instances = tmp_path / "digits.json"
+    instances.write_text(json.dumps({"instances": features[1700:1705].tolist()}))
+    result = run_cli("predict", "digits", str(instances), "--url", served)
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)["predictions"]
+    assert len(predictions) == 5
+    assert sum(p["class_id"] == y for p, y in zip(predictions, labels[1700:1705], strict=True)) >= 4
+
+
+def test_predict_image_file(served: str, tmp_path: Path, photos: dict[str, bytes]) -> None:
+    image = tmp_path / "coffee.png"
+    image.write_bytes(photos["coffee.png"])
+    result = run_cli("predict", "image-classifier", str(image), "--top-k", "3", "--url", served)
+    assert result.returncode == 0, result.stderr
+    prediction = json.loads(result.stdout)["predictions"][0]
+    assert prediction["label"] == "espresso"
+    assert len(prediction["top_k"]) == 3
+
+
+def test_errors_are_reported_not_raised(served: str, tmp_path: Path) -> None:
+    instances = tmp_path / "bad.json"
+    instances.write_text("[1, 2, 3]")
+    result = run_cli("predict", "digits", str(instances), "--url", served)
+    assert result.returncode == 1
+    assert "INVALID_INPUT" in result.stderr
+    assert "Traceback" not in result.stderr
+    unknown = run_cli("predict", "nope", str(instances), "--url", served)
+    assert "MODEL_NOT_FOUND" in unknown.stderr
+
+
+def test_unreachable_server() -> None:
+    result = run_cli("models", "list", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr
+
+
+def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
+    result = run_cli("serve", "--port", "0", "--model-repository", str(tmp_path / "absent"))
+    assert result.returncode == 1
+    assert "is not a directory" in result.stderr

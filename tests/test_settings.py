@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from modelplex.settings import Settings
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.model_repository is None
+    assert settings.data_dir == Path(".modelplex")
+
+
+def test_environment_overrides_toml_and_arguments_override_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "modelplex.toml"
+    config.write_text('port = 9100\nhost = "0.0.0.0"\nmax_request_bytes = 1024\n')
+    monkeypatch.setenv("MODELPLEX_CONFIG_FILE", str(config))
+    monkeypatch.setenv("MODELPLEX_PORT", "9200")
+    settings = Settings()
+    assert settings.port == 9200
+    assert settings.host == "0.0.0.0"
+    assert settings.max_request_bytes == 1024
+    assert Settings(port=9300).port == 9300
+
+
+def test_invalid_values_and_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "modelplex.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValidationError):
+        Settings(config_file=config)
+    with pytest.raises(ValidationError):
+        Settings(port=70000)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Settings(config_file=tmp_path / "absent.toml")
