@@ -62,6 +62,7 @@ def test_model_detail_has_signature_labels_batching_and_versions(zoo: httpx.Clie
         "max_batch_size": 64,
         "max_batch_delay_ms": 0.0,
         "max_queue_size": 1024,
+        "instances": 1,
     }
     runtimes = {v["version"]: v["runtime"] for v in detail["version_details"]}
     assert runtimes == {"1": "sklearn", "2": "onnx"}

@@ -25,7 +25,10 @@ def test_openapi_documents_routes_bodies_and_problems(client: httpx.Client) -> N
     schemas = document["components"]["schemas"]
     assert {"Problem", "PredictRequest", "ClassifyRequest", "ClassifyResponse"} <= set(schemas)
     headers = {p["name"] for p in predict["parameters"]}
-    assert {"X-Response-Detail", "X-Request-Timeout-Ms"} <= headers
+    assert {"model", "X-Response-Detail", "X-Request-Timeout-Ms"} <= headers
+    versioned = paths["/v1/models/{model}/versions/{version}/predict"]["post"]
+    path_params = {p["name"] for p in versioned["parameters"] if p["in"] == "path"}
+    assert path_params == {"model", "version"}
 
 
 def test_interactive_docs(client: httpx.Client) -> None:

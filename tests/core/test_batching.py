@@ -186,11 +186,26 @@ def test_closed_batcher_refuses_and_fails_queued() -> None:
         await asyncio.sleep(0)
         await batcher.close()
         model.release.set()
-        with pytest.raises(ModelNotReady):
-            await queued
+        for waiting in (running, queued):  # neither hangs
+            with pytest.raises(ModelNotReady):
+                await waiting
         with pytest.raises(ModelNotReady):
             await submit(batcher, 3)
-        running.cancel()
 
     asyncio.run(main())
+    executor.shutdown()
+
+
+def test_requests_with_different_shapes_never_share_a_batch() -> None:
+    model = Recorder()
+    batcher, _, executor = make(model)
+
+    async def main() -> list[list[float]]:
+        short = batcher.submit({"x": np.ones((1, 2), np.float32)}, 1, None)
+        long = batcher.submit({"x": np.ones((1, 3), np.float32)}, 1, None)
+        outcomes = await asyncio.gather(short, long)
+        return [o.outputs["y"].reshape(-1).tolist() for o in outcomes]
+
+    assert asyncio.run(main()) == [[2.0, 2.0], [2.0, 2.0, 2.0]]
+    assert model.calls == [1, 1]
     executor.shutdown()

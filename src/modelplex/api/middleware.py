@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,7 +84,7 @@ class RequestContextMiddleware:
         for key, value in scope.get("headers", ()):
             if key == b"x-request-id" and _VALID_ID.match(value):
                 return str(value.decode())
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
     async def _reject(
         self, error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send

@@ -65,6 +65,15 @@ def _body_doc(*schemas: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+def _path_doc(*names: str) -> list[dict[str, Any]]:
+    """Path parameters of hot routes, which read `request.path_params` themselves:
+    declaring them as arguments costs FastAPI's parameter machinery ~8% of a
+    small model's request."""
+    return [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+    ]
+
+
 _DETAIL_HEADERS = [
     {
         "name": "X-Response-Detail",
@@ -166,10 +175,13 @@ def build_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         summary="Predict with the model's default version",
         response_model=PredictResponse,
         responses=_problem_responses(*PREDICT_ERRORS),
-        openapi_extra={**_body_doc("PredictRequest", "multipart"), "parameters": _DETAIL_HEADERS},
+        openapi_extra={
+            **_body_doc("PredictRequest", "multipart"),
+            "parameters": [*_path_doc("model"), *_DETAIL_HEADERS],
+        },
     )
-    async def predict_default(request: Request, model: str) -> Response:
-        return await predict(request, model, None)
+    async def predict_default(request: Request) -> Response:
+        return await predict(request, request.path_params["model"], None)
 
     @router.post(
         "/v1/models/{model}/versions/{version}/predict",
@@ -177,10 +189,14 @@ def build_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         summary="Predict with one version of a model",
         response_model=PredictResponse,
         responses=_problem_responses(*PREDICT_ERRORS),
-        openapi_extra={**_body_doc("PredictRequest", "multipart"), "parameters": _DETAIL_HEADERS},
+        openapi_extra={
+            **_body_doc("PredictRequest", "multipart"),
+            "parameters": [*_path_doc("model", "version"), *_DETAIL_HEADERS],
+        },
     )
-    async def predict_version(request: Request, model: str, version: str) -> Response:
-        return await predict(request, model, version)
+    async def predict_version(request: Request) -> Response:
+        params = request.path_params
+        return await predict(request, params["model"], params["version"])
 
     @router.post(
         "/v1/classify",
@@ -301,6 +317,7 @@ def _detail(entry: ModelEntry) -> dict[str, Any]:
             "max_batch_size": batcher.max_batch_size,
             "max_batch_delay_ms": batcher.max_batch_delay_s * 1000,
             "max_queue_size": batcher.max_queue_rows,
+            "instances": batcher.instances,
         }
         doc["timeout_ms"] = int(reference.timeout_s * 1000)
     if config.preprocessing:

@@ -128,6 +128,7 @@ class BatchingSettings(BaseModel):
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
+    instances: int
 
 
 class VersionInfo(BaseModel):

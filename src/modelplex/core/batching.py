@@ -1,11 +1,11 @@
 """Dynamic batching: concurrent requests for one model version share model calls.
 
 One `Batcher` per served model version owns a bounded queue of pending rows and
-one task that forms batches and runs them, one at a time, on the version's own
-inference thread (the event loop never runs a model). While a batch runs, new
-requests queue up and form the next batch, so batches grow with load on their
-own; `max_batch_delay_s` additionally lets an idle model wait briefly for a
-fuller batch.
+one task that forms batches and runs them on the version's own inference
+threads (the event loop never runs a model), at most `instances` batches at a
+time. While the instances are busy, new requests queue up and form the next
+batch, so batches grow with load on their own; `max_batch_delay_s` additionally
+lets an idle instance wait briefly for a fuller batch.
 
 All times are `time.monotonic()` (uvloop's `loop.time()` has millisecond
 resolution, too coarse for timing a batch).
@@ -76,6 +76,7 @@ class Batcher:
         max_batch_delay_s: float,
         max_queue_rows: int,
         stats: ModelStats,
+        instances: int = 1,
     ) -> None:
         self.name = name
         self._predict = predict
@@ -90,6 +91,9 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.instances = instances
+        self._free = asyncio.Semaphore(instances)
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def queued_rows(self) -> int:
@@ -149,10 +153,11 @@ class Batcher:
     async def close(self) -> None:
         """Stop taking requests; fail whatever is still queued."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._fail_queued(ModelNotReady(f"model '{self.name}' was unloaded"))
 
     def _fail_queued(self, error: ModelplexError) -> None:
@@ -170,10 +175,16 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                # Wait for a free instance first: the batch keeps filling meanwhile.
+                await self._free.acquire()
                 await self._wait_for_fuller_batch()
                 batch = self._take(time.monotonic())
-                if batch:
-                    await self._execute(batch, loop)
+                if not batch:
+                    self._free.release()
+                    continue
+                task = loop.create_task(self._execute(batch, loop), name=f"batch:{self.name}")
+                self._running.add(task)
+                task.add_done_callback(self._finished)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -181,6 +192,10 @@ class Batcher:
             log.exception("batcher for %s stopped", self.name)
             self._fail_queued(InferenceFailed(f"model '{self.name}' batcher failed"))
             raise
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free.release()
 
     async def _wait_for_fuller_batch(self) -> None:
         if self.max_batch_delay_s <= 0:
@@ -198,9 +213,15 @@ class Batcher:
                 return
 
     def _take(self, now: float) -> list[_Pending]:
-        """Pop up to `max_batch_size` live rows, dropping abandoned and expired ones."""
+        """Pop up to `max_batch_size` live rows, dropping abandoned and expired ones.
+
+        Only rows with the same per-instance shapes can share a batch (inputs
+        with -1 dimensions vary), so the batch ends, in arrival order, at the
+        first request that does not fit.
+        """
         batch: list[_Pending] = []
         rows = 0
+        shapes: list[tuple[int, ...]] | None = None
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # the caller gave up (deadline or disconnect)
@@ -214,8 +235,10 @@ class Batcher:
                     InferenceTimeout(f"deadline passed while queued for model '{self.name}'")
                 )
                 continue
-            if rows + item.rows > self.max_batch_size and batch:
+            item_shapes = [v.shape[1:] for v in item.inputs.values()]
+            if batch and (rows + item.rows > self.max_batch_size or item_shapes != shapes):
                 break
+            shapes = item_shapes
             self._pop()
             batch.append(item)
             rows += item.rows
@@ -225,19 +248,25 @@ class Batcher:
         item = self._queue.popleft()
         self._queued_rows -= item.rows
 
+    def _merge_and_predict(self, parts: list[dict[str, Array]]) -> dict[str, Array]:
+        """Runs on an inference thread: copying a batch of images is not for the event loop."""
+        if len(parts) == 1:
+            return self._predict(parts[0])
+        merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return self._predict(merged)
+
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        if len(batch) == 1:
-            merged = batch[0].inputs
-        else:
-            merged = {
-                name: np.concatenate([item.inputs[name] for item in batch])
-                for name in batch[0].inputs
-            }
         rows = sum(item.rows for item in batch)
+        parts = [item.inputs for item in batch]
         start = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._predict, merged)
+            outputs = await loop.run_in_executor(self._executor, self._merge_and_predict, parts)
             self._check_outputs(outputs, rows)
+        except asyncio.CancelledError:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ModelNotReady(f"model '{self.name}' was unloaded"))
+            raise
         except Exception as exc:
             elapsed = time.monotonic() - start
             self._stats.record_batch(rows, elapsed)

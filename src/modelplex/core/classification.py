@@ -46,7 +46,9 @@ class Classifier:
         if self._softmax:
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = shifted / shifted.sum(axis=1, keepdims=True)
-        if k < classes:
+        if k == 1:
+            idx = scores.argmax(axis=1)[:, None]
+        elif k < classes:
             idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
             idx = np.tile(np.arange(classes), (len(scores), 1))

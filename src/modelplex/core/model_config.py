@@ -62,6 +62,9 @@ class BatchingConfig(_Strict):
     """How long an idle model waits for more rows before running a partial batch."""
     max_queue_size: int | None = Field(default=None, gt=0)
     """Rows allowed to wait; beyond this requests are shed with RESOURCE_EXHAUSTED."""
+    instances: int = Field(default=1, ge=1, le=64)
+    """Batches of this version that may run at once, each on its own thread. Two
+    single-threaded instances beat one two-threaded one for small CNNs on CPU."""
 
 
 class ClassificationConfig(_Strict):

@@ -217,8 +217,10 @@ class ModelRegistry:
             classes = scores.shape[-1] if scores.shape else 0
             classifier = Classifier(config.classification, entry.labels, max(classes, 0))
         stats = ModelStats()
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{entry.name}-{version}")
         batching = config.batching
+        executor = ThreadPoolExecutor(
+            batching.instances, thread_name_prefix=f"infer-{entry.name}-{version}"
+        )
         batcher = Batcher(
             f"{entry.name}:{version}",
             runtime.predict,
@@ -233,6 +235,7 @@ class ModelRegistry:
             / 1000,
             max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
             stats=stats,
+            instances=batching.instances,
         )
         return ServedVersion(
             model=entry.name,

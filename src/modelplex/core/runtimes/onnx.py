@@ -32,6 +32,9 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # Idle intra-op threads would otherwise spin for work, burning the CPU that
+        # request handling and pre-processing need on the same machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(spec.artifact), sess_options=options, providers=["CPUExecutionProvider"]

@@ -1,0 +1,231 @@
+"""Shared pieces of the benchmarks: servers as subprocesses, wrk, CPU and RSS accounting.
+
+Method (see docs/benchmarks.md): every point runs wrk against one server for a
+warm-up and then a measured interval, while we read
+* the server's CPU time (all processes in its tree) and peak RSS,
+* the machine's total CPU time from /proc/stat, minus ours (server, wrk, this
+  script): the foreign load. A point with more than `FOREIGN_LIMIT` cores of
+  foreign load is measured again (at most twice) and the load is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+HZ = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+FOREIGN_LIMIT = 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # the thread may have exited meanwhile
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    pids, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        pids.append(current)
+        stack.extend(_children(current))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / HZ
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except OSError:
+            continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / HZ
+
+
+class Server:
+    """A server process, started and stopped by PID, with peak-RSS sampling."""
+
+    def __init__(
+        self, name: str, command: list[str], url: str, ready_path: str, env: dict[str, str]
+    ):
+        self.name = name
+        self.url = url
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.process.returncode}")
+            try:
+                if httpx.get(url + ready_path, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not become ready")
+            time.sleep(0.2)
+        self.peak_rss = 0
+        self._sampling = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._sampling.wait(0.25):
+            self.peak_rss = max(self.peak_rss, rss_bytes(tree(self.process.pid)))
+
+    def pids(self) -> list[int]:
+        return tree(self.process.pid)
+
+    def stop(self) -> None:
+        if hasattr(self, "_sampling"):
+            self._sampling.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@dataclass
+class Point:
+    server: str
+    workload: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_cpu_us_per_req: float
+    server_cores: float
+    peak_rss_mb: float
+    foreign_cores: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wrk(
+    url: str, body: Path, content_type: str, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    threads = 1 if concurrency == 1 else 2
+    result = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "post.lua"),
+            url,
+        ],
+        env={**os.environ, "WRK_BODY": str(body), "WRK_CTYPE": content_type},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def measure(
+    server: Server,
+    workload: str,
+    path: str,
+    body: Path,
+    content_type: str,
+    concurrency: int,
+    *,
+    warmup_s: float = 3,
+    seconds: float = 10,
+) -> Point:
+    url = server.url + path
+    for _attempt in range(3):
+        wrk(url, body, content_type, concurrency, warmup_s)
+        _children_cpu()  # forget the warm-up's wrk
+        pids = server.pids()
+        server_before, self_before = cpu_seconds(pids), _self_cpu()
+        busy_before, wall_before = machine_busy_seconds(), time.monotonic()
+        result = wrk(url, body, content_type, concurrency, seconds)
+        wall = time.monotonic() - wall_before
+        busy = machine_busy_seconds() - busy_before
+        server_cpu = cpu_seconds(pids) - server_before
+        ours = server_cpu + (_self_cpu() - self_before) + _children_cpu()
+        foreign = max(0.0, busy - ours) / wall
+        requests = result["requests"]
+        point = Point(
+            server=server.name,
+            workload=workload,
+            concurrency=concurrency,
+            rps=requests / (result["duration_us"] / 1e6),
+            p50_ms=result["p50_us"] / 1000,
+            p99_ms=result["p99_us"] / 1000,
+            errors=result["socket_errors"] + result["non2xx"],
+            server_cpu_us_per_req=server_cpu / max(requests, 1) * 1e6,
+            server_cores=server_cpu / wall,
+            peak_rss_mb=server.peak_rss / 2**20,
+            foreign_cores=foreign,
+        )
+        if foreign <= FOREIGN_LIMIT:
+            return point
+        print(f"  foreign load {foreign:.2f} cores during {server.name} c={concurrency}; again")
+        time.sleep(5)
+    return point
+
+
+def _self_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+_last_children_cpu = 0.0
+
+
+def _children_cpu() -> float:
+    """CPU of waited-for children (wrk) since the previous call."""
+    global _last_children_cpu
+    times = os.times()
+    total = times.children_user + times.children_system
+    delta, _last_children_cpu = total - _last_children_cpu, total
+    return delta
