@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,10 +31,8 @@ def photos() -> dict[str, bytes]:
     }
 
 
-def settings_for(tmp: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"port": 0, "data_dir": tmp / "data", "cache_dir": tmp / "cache"}
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+def settings_for(tmp: Path, **overrides: Any) -> Settings:
+    return Settings(port=0, data_dir=tmp / "data", cache_dir=tmp / "cache", **overrides)
 
 
 def wait_ready(client: httpx.Client) -> None:

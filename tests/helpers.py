@@ -7,6 +7,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 PYTHON_MODEL = '''
@@ -71,13 +72,22 @@ def write_python_model(
     return folder
 
 
+def write_model(repo: Path, name: str, toml: str, code: str) -> Path:
+    """A `python` runtime model from its model.toml and model.py texts."""
+    folder = repo / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.py").write_text(textwrap.dedent(code))
+    (folder / "model.toml").write_text(textwrap.dedent(toml))
+    return folder
+
+
 def copy_model(source_repo: Path, name: str, target_repo: Path) -> Path:
     target = target_repo / name
     shutil.copytree(source_repo / name, target)
     return target
 
 
-def encode_image(pixels: object, fmt: str) -> bytes:
+def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)  # type: ignore[arg-type]
+    Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()

@@ -107,7 +107,11 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     repository = repository or resolve_repository(settings)
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(settings, repository))
+    try:
+        server = uvicorn.Server(_uvicorn_config(settings, repository))
+    except BaseException:
+        sock.close()
+        raise
 
     def run() -> None:
         asyncio.run(server.serve(sockets=[sock]))
@@ -118,6 +122,8 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
             raise RuntimeError("modelplex server did not start")
         time.sleep(0.01)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"

@@ -10,7 +10,7 @@ import pytest
 
 from modelplex.server import RunningServer, start
 from tests.conftest import settings_for, wait_ready
-from tests.helpers import copy_model, write_python_model
+from tests.helpers import copy_model, write_model, write_python_model
 
 BATCHING = """
 [batching]
@@ -27,6 +27,63 @@ max_queue_size = 2
 """
 
 
+INT_SUM_TOML = """
+runtime = "python"
+[[inputs]]
+name = "x"
+datatype = "INT32"
+shape = [2]
+[[outputs]]
+name = "total"
+datatype = "INT64"
+shape = []
+"""
+INT_SUM_CODE = """
+class Model:
+    def predict(self, batch):
+        return {"total": batch["x"].sum(axis=1)}
+"""
+FORTRAN_TOML = """
+runtime = "python"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [3]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [3]
+[batching]
+max_batch_size = 8
+"""
+FORTRAN_CODE = """
+import numpy as np
+
+class Model:
+    def predict(self, batch):
+        return {"y": np.asfortranarray(batch["x"] * 2)}  # rows are not contiguous
+"""
+ECHO_BYTES_TOML = """
+runtime = "python"
+[[inputs]]
+name = "text"
+datatype = "BYTES"
+shape = {shape}
+[[outputs]]
+name = "echo"
+datatype = "BYTES"
+shape = {shape}
+"""
+ECHO_BYTES_CODE = """
+import numpy as np
+
+class Model:
+    def predict(self, batch):
+        upper = np.vectorize(lambda b: b.upper(), otypes=[object])
+        return {"echo": upper(batch["text"])}
+"""
+
+
 def build_zoo(repo: Path, example_repo: Path) -> None:
     copy_model(example_repo, "digits", repo)
     write_python_model(repo, "doubler", batching=BATCHING)
@@ -37,6 +94,11 @@ def build_zoo(repo: Path, example_repo: Path) -> None:
     write_python_model(repo, "tiny-queue", delay_ms=300, batching=ONE_AT_A_TIME, timeout_ms=10000)
     write_python_model(repo, "crashes", fail=True)
     write_python_model(repo, "versioned", versions=("1", "2", "10"))
+    write_model(repo, "int-sum", INT_SUM_TOML, INT_SUM_CODE)
+    write_model(repo, "fortran", FORTRAN_TOML, FORTRAN_CODE)
+    for shape in ("[1]", "[-1]"):
+        name = "bytes-one" if shape == "[1]" else "bytes-many"
+        write_model(repo, name, ECHO_BYTES_TOML.format(shape=shape), ECHO_BYTES_CODE)
     # Broken folders, each for a different reason.
     (repo / "bad-toml").mkdir()
     (repo / "bad-toml" / "model.toml").write_text("runtime = [unclosed")

@@ -145,3 +145,25 @@ def test_request_larger_than_a_batch_is_split_and_joined(zoo: httpx.Client) -> N
     assert response.status_code == 200, response.text
     assert [p["y"] for p in response.json()["predictions"]] == [[2 * a, 2 * b] for a, b in rows]
     assert response.json()["metadata"]["batch_size"] <= 16
+
+
+def test_outputs_in_any_memory_layout(zoo: httpx.Client) -> None:
+    rows = [[1, 2, 3], [4, 5, 6]]
+    response = zoo.post("/v1/models/fortran/predict", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    assert [p["y"] for p in response.json()["predictions"]] == [[2, 4, 6], [8, 10, 12]]
+
+
+def test_bytes_inputs_of_shape_one_over_json_and_multipart(zoo: httpx.Client) -> None:
+    json_answer = zoo.post("/v1/models/bytes-one/predict", json={"instances": [["ab"], ["cd"]]})
+    assert json_answer.json()["predictions"] == [{"echo": ["AB"]}, {"echo": ["CD"]}]
+    files = [("text", ("a.txt", b"ab")), ("text", ("b.txt", b"cd"))]
+    form_answer = zoo.post("/v1/models/bytes-one/predict", files=files)
+    assert form_answer.json()["predictions"] == json_answer.json()["predictions"]
+
+
+def test_bytes_inputs_of_any_length(zoo: httpx.Client) -> None:
+    response = zoo.post(
+        "/v1/models/bytes-many/predict", json={"instance": ["ab", {"b64": "Y2Q="}, "ef"]}
+    )
+    assert response.json()["predictions"] == [{"echo": ["AB", "CD", "EF"]}]

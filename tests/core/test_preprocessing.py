@@ -45,14 +45,19 @@ def test_nhwc_layout_and_grey_and_alpha_images() -> None:
 
 
 def test_exif_orientation_is_applied() -> None:
-    pixels = np.zeros((10, 20, 3), dtype=np.uint8)  # landscape
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # stored: white left half
     image = Image.fromarray(pixels)
     exif = image.getexif()
-    exif[0x0112] = 6  # rotate 90 degrees
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: white top half
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
-    preprocessor = ImagePreprocessor(CONFIG, 10_000)
-    assert preprocessor._decode(buffer.getvalue(), 0).size == (10, 20)
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    config = CONFIG.model_copy(
+        update={"crop_fraction": 1.0, "layout": "NHWC", "mean": 0.0, "std": 1.0}
+    )
+    tensor = ImagePreprocessor(config, 10_000)(batch(buffer.getvalue())).inputs["pixels"][0]
+    assert tensor[:2].mean() > 200  # top rows white
+    assert tensor[-2:].mean() < 50  # bottom rows black
 
 
 @pytest.mark.parametrize(

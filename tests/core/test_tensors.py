@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
-from modelplex.core.tensors import Datatype, TensorSpec, to_tensor
+from modelplex.core.tensors import (
+    Datatype,
+    TensorSpec,
+    bytes_batch,
+    decode_base64,
+    row_to_json,
+    to_tensor,
+)
 from modelplex.errors import InvalidInput
 
 
@@ -28,7 +37,10 @@ def test_wildcard_dimensions() -> None:
         ([["a", "b"]], TensorSpec("x", Datatype.FP32, (2,)), "expects numbers"),
         ([[1, 2], [3]], TensorSpec("x", Datatype.FP32, (2,)), "ragged"),
         ([[1, 2, 3]], TensorSpec("x", Datatype.FP32, (2,)), "shape [3]"),
-        ([5], TensorSpec("x", Datatype.BYTES, ()), "expects a string"),
+        ([5], TensorSpec("x", Datatype.BYTES, ()), "expects strings"),
+        ([[1e39, 1]], TensorSpec("x", Datatype.FP32, (2,)), "out of range for FP32"),
+        ([[70000, 1]], TensorSpec("x", Datatype.FP16, (2,)), "out of range for FP16"),
+        ([["a", "b"], ["c"]], TensorSpec("x", Datatype.BYTES, (-1,)), "ragged"),
         ([{"b64": "@@"}], TensorSpec("x", Datatype.BYTES, ()), "not valid base64"),
     ],
 )
@@ -47,3 +59,51 @@ def test_bytes_from_text_and_base64() -> None:
 def test_datatype_round_trip_through_numpy() -> None:
     for datatype in Datatype:
         assert Datatype.from_numpy(datatype.numpy_dtype) is datatype
+
+
+@pytest.mark.parametrize(
+    ("shape", "values", "expected"),
+    [
+        ((), ["a", "b"], (2,)),
+        ((1,), [["a"], ["b"]], (2, 1)),
+        ((-1,), [["a", "b", "c"], ["d", "e", "f"]], (2, 3)),
+    ],
+)
+def test_bytes_shapes(
+    shape: tuple[int, ...], values: list[object], expected: tuple[int, ...]
+) -> None:
+    tensor = to_tensor(values, TensorSpec("x", Datatype.BYTES, shape))
+    assert tensor.shape == expected
+    assert tensor.reshape(-1)[0] == b"a"
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (-1,)])
+def test_uploads_fit_every_scalar_bytes_shape(shape: tuple[int, ...]) -> None:
+    tensor = bytes_batch([b"x", b"y"], TensorSpec("x", Datatype.BYTES, shape))
+    assert tensor.reshape(-1).tolist() == [b"x", b"y"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("AAEC", b"\x00\x01\x02"),
+        ("AAE", b"\x00\x01"),  # unpadded
+        ("AA\nEC\n", b"\x00\x01\x02"),  # line-wrapped
+        ("-_-_", base64.b64decode("+/+/")),  # URL-safe
+    ],
+)
+def test_base64_variants(text: str, expected: bytes) -> None:
+    assert decode_base64(text) == expected
+
+
+@pytest.mark.parametrize("text", ["AA*C", "A", "-_*_"])
+def test_base64_junk_is_refused_not_skipped(text: str) -> None:
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        decode_base64(text)
+
+
+def test_binary_bytes_outputs_render_as_b64() -> None:
+    tensor = np.empty(2, dtype=object)
+    tensor[:] = [b"text", b"\xff\xfe"]
+    assert row_to_json(tensor, 0) == "text"
+    assert row_to_json(tensor, 1) == {"b64": "//4="}

@@ -21,7 +21,7 @@ from pydantic.json_schema import models_json_schema
 import modelplex
 from modelplex.api.middleware import RequestContextMiddleware
 from modelplex.api.problems import install_handlers
-from modelplex.api.routes_v1 import REQUEST_SCHEMAS, build_router
+from modelplex.api.routes_v1 import REQUEST_SCHEMAS, router
 from modelplex.api.schemas import Problem
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.registry import ModelRegistry
@@ -58,6 +58,11 @@ class ModelplexApp(FastAPI):
         return document
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading the model repository failed", exc_info=task.exception())
+
+
 def tune_gc(gen0_threshold: int) -> None:
     """Keep the garbage collector off the request path.
 
@@ -85,6 +90,7 @@ def create_app(settings: Settings, repository: Path) -> FastAPI:
             tune_gc(settings.gc_gen0_threshold)
 
         loading = asyncio.create_task(load_models(), name="load-models")
+        loading.add_done_callback(_log_failure)
         try:
             yield
         finally:
@@ -101,8 +107,8 @@ def create_app(settings: Settings, repository: Path) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.dataplane = dataplane
-    app.state.registry = registry
+    app.state.settings = settings
     install_handlers(app)
-    app.include_router(build_router(dataplane, settings))
+    app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     return app

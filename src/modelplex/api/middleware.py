@@ -22,6 +22,7 @@ from modelplex.errors import InternalError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
+_DRAIN_BYTES = 4 * 1024 * 1024
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -52,7 +53,7 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await self._reject(PayloadTooLarge(self._too_large(limit)), scope, receive, send)
+            await self._reject(declared, scope, receive, send_with_id)
             return
 
         received = 0
@@ -86,12 +87,18 @@ class RequestContextMiddleware:
                 return str(value.decode())
         return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
-    async def _reject(
-        self, error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def _reject(self, declared: int, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(self._too_large(self.max_body_bytes))
         response = problem_response(error, scope["state"]["request_id"], scope.get("path"))
-        # The client may still be sending; closing the connection avoids reading it all.
-        response.headers["Connection"] = "close"
+        if declared <= self.max_body_bytes + _DRAIN_BYTES:
+            # Read and drop a modest excess so the client, still sending, gets the
+            # answer instead of a reset connection.
+            more = True
+            while more:
+                message = await receive()
+                more = message.get("more_body", False) and message["type"] == "http.request"
+        else:
+            response.headers["Connection"] = "close"  # not worth reading: hang up
         await response(scope, receive, send)
 
 

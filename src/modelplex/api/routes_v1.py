@@ -1,4 +1,4 @@
-"""Every route of the native API (health and /v1), in one screen.
+"""Every route of the native API (health and /v1), readable in one screen.
 
 Routes translate HTTP into data-plane calls and back; they raise domain errors
 and never build error responses themselves (see `modelplex.api.problems`).
@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from modelplex import errors
 from modelplex.api import payloads
+from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
 from modelplex.api.problems import request_id_of
 from modelplex.api.schemas import (
     ClassifyRequest,
@@ -25,244 +26,185 @@ from modelplex.api.schemas import (
     PredictResponse,
 )
 from modelplex.core.dataplane import DataPlane
-from modelplex.core.registry import ModelEntry, ModelState, ServedVersion, version_sort_key
-from modelplex.core.types import InferenceRequest
-from modelplex.errors import InternalError, InvalidInput
+from modelplex.core.instances import class_json, parse_predict_json, predictions_json
+from modelplex.core.registry import ModelEntry, ModelState, version_sort_key
+from modelplex.core.types import InferenceRequest, InferenceResult
+from modelplex.errors import InvalidInput
 from modelplex.settings import Settings
 
 JSON = "application/json"
-
-PREDICT_ERRORS = (413, 415, 422, 404, 503, 504, 500)
 TIMEOUT_HEADER = "x-request-timeout-ms"
+PREDICT_ERRORS = problem_responses(
+    errors.InvalidInput, errors.ModelNotFound, errors.ModelNotReady, errors.InferenceTimeout,
+    errors.ResourceExhausted, errors.PayloadTooLarge, errors.UnsupportedMediaType,
+    errors.InternalError,
+)  # fmt: skip
+
+router = APIRouter()
 
 
-def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {
-            "description": "Problem details (application/problem+json)",
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for status in statuses
+@router.get("/healthz", tags=["health"], response_model=Health, summary="Liveness")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    response_model=Health,
+    summary="Readiness: 200 once every model folder has been loaded (or failed)",
+    responses={503: {"description": "Still loading", "model": Health}},
+)
+async def readyz(request: Request) -> Response:
+    registry = _dataplane(request).registry
+    entries = registry.entries()
+    models = {
+        "ready": [e.name for e in entries if e.state is ModelState.READY],
+        "failed": {e.name: e.reason for e in entries if e.state is ModelState.FAILED},
     }
+    if not registry.loaded.is_set():
+        return _json({"status": "loading", "models": models}, status=503)
+    return _json({"status": "ready", "models": models})
 
 
-def _body_doc(*schemas: str) -> dict[str, Any]:
-    content: dict[str, Any] = {}
-    for schema in schemas:
-        if schema == "multipart":
-            content["multipart/form-data"] = {
-                "schema": {
-                    "type": "object",
-                    "description": "One file field per BYTES input (repeat for more instances); "
-                    "optional `top_k`.",
-                    "additionalProperties": {"type": "string", "format": "binary"},
-                }
-            }
-        else:
-            content[JSON] = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
-    return {"requestBody": {"required": True, "content": content}}
+@router.get("/v1/models", tags=["models"], response_model=ModelList, summary="List models")
+async def list_models(request: Request) -> Response:
+    return _json({"models": [_summary(e) for e in _dataplane(request).registry.entries()]})
 
 
-def _path_doc(*names: str) -> list[dict[str, Any]]:
-    """Path parameters of hot routes, which read `request.path_params` themselves:
-    declaring them as arguments costs FastAPI's parameter machinery ~8% of a
-    small model's request."""
-    return [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
-    ]
+@router.get(
+    "/v1/models/{model}",
+    tags=["models"],
+    response_model=ModelDetail,
+    summary="A model: versions, state, signature, labels, batching settings",
+    responses=problem_responses(errors.ModelNotFound),
+)
+async def get_model(request: Request, model: str) -> Response:
+    return _json(_detail(_dataplane(request).registry.entry(model)))
 
 
-_DETAIL_HEADERS = [
-    {
-        "name": "X-Response-Detail",
-        "in": "header",
-        "required": False,
-        "schema": {
-            "type": "string",
-            "enum": ["minimal", "standard", "verbose"],
-            "default": "standard",
-        },
-        "description": "minimal: predictions only; verbose: timing breakdown, batch size, "
-        "input shape and model version details.",
-    },
-    {
-        "name": "X-Request-Timeout-Ms",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1},
-        "description": "Deadline for this request; the model's own timeout still applies.",
-    },
-]
+@router.post(
+    "/v1/models/{model}/predict",
+    tags=["inference"],
+    summary="Predict with the model's default version",
+    response_model=PredictResponse,
+    responses=PREDICT_ERRORS,
+    openapi_extra={**BODY_PREDICT, "parameters": PARAMS["model"]},
+)
+async def predict_default(request: Request) -> Response:
+    return await _predict(request, request.path_params["model"], None)
 
 
-def build_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
-    router = APIRouter()
-    registry = dataplane.registry
+@router.post(
+    "/v1/models/{model}/versions/{version}/predict",
+    tags=["inference"],
+    summary="Predict with one version of a model",
+    response_model=PredictResponse,
+    responses=PREDICT_ERRORS,
+    openapi_extra={**BODY_PREDICT, "parameters": PARAMS["model_version"]},
+)
+async def predict_version(request: Request) -> Response:
+    params = request.path_params
+    return await _predict(request, params["model"], params["version"])
 
-    @router.get("/healthz", tags=["health"], response_model=Health, summary="Liveness")
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
 
-    @router.get(
-        "/readyz",
-        tags=["health"],
-        response_model=Health,
-        summary="Readiness: 200 once every model folder has been loaded (or failed)",
-        responses={503: {"description": "Still loading", "model": Health}},
+@router.post(
+    "/v1/classify",
+    tags=["inference"],
+    summary="Classify one image (multipart field `image`, or JSON with base64)",
+    response_model=ClassifyResponse,
+    responses=PREDICT_ERRORS,
+    openapi_extra={**BODY_CLASSIFY, "parameters": PARAMS["headers"]},
+)
+async def classify(request: Request) -> Response:
+    arrived = time.monotonic()
+    dataplane, settings = _dataplane(request), _settings(request)
+    detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
+    timeout_ms = _timeout_ms(request, settings)
+    media = payloads.media_type(request)
+    decode_start = time.perf_counter()
+    if payloads.is_json(media):
+        options = await payloads.read_json(request, payloads.parse_classify_json)
+    elif media == "multipart/form-data":
+        options = payloads.parse_classify_form(await payloads.read_form(request))
+    else:
+        raise payloads.unsupported(media)
+    result = await dataplane.classify(
+        options.image,
+        model=options.model or settings.classify_model,
+        version=options.version,
+        top_k=options.top_k,
+        arrived_at=arrived,
+        request_id=request_id_of(request.scope),
+        timeout_ms=timeout_ms,
+        decode_s=time.perf_counter() - decode_start,
     )
-    async def readyz() -> Response:
-        entries = registry.entries()
-        models = {
-            "ready": [e.name for e in entries if e.state is ModelState.READY],
-            "failed": {e.name: e.reason for e in entries if e.state is ModelState.FAILED},
-        }
-        if not registry.loaded.is_set():
-            return _json({"status": "loading", "models": models}, status=503)
-        return _json({"status": "ready", "models": models})
-
-    @router.get("/v1/models", tags=["models"], response_model=ModelList, summary="List models")
-    async def list_models() -> Response:
-        return _json({"models": [_summary(e) for e in registry.entries()]})
-
-    @router.get(
-        "/v1/models/{model}",
-        tags=["models"],
-        response_model=ModelDetail,
-        summary="A model: versions, state, signature, labels, batching settings",
-        responses=_problem_responses(404),
-    )
-    async def get_model(model: str) -> Response:
-        return _json(_detail(registry.entry(model)))
-
-    async def predict(request: Request, model: str, version: str | None) -> Response:
-        arrived = time.monotonic()
-        detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
-        timeout_ms = _timeout_ms(request, settings)
-        served = dataplane.resolve(model, version)
-        media = payloads.media_type(request)
-        decode_start = time.perf_counter()
-        if payloads.is_json(media):
-            body = await payloads.read_json(request)
-            inputs, options = payloads.parse_predict_json(body, served)
-        elif media == "multipart/form-data":
-            items = await payloads.read_form(request)
-            inputs, options = payloads.parse_predict_form(items, served)
-        else:
-            raise payloads.unsupported(media)
-        inference = InferenceRequest(
-            model=model,
-            version=served.version,
-            inputs=inputs,
-            arrived_at=arrived,
-            request_id=request_id_of(request.scope),
-            timeout_ms=timeout_ms,
-            top_k=options.top_k,
-            outputs=options.outputs,
-        )
-        inference.timings.decode_s = time.perf_counter() - decode_start
-        result = await dataplane.infer(inference)
-        predictions = payloads.instance_predictions(result, options.top_k)
-        body_out = payloads.render(
-            result, predictions, detail, inference.request_id, arrived, served
-        )
-        return _prediction_response(body_out, served)
-
-    @router.post(
-        "/v1/models/{model}/predict",
-        tags=["inference"],
-        summary="Predict with the model's default version",
-        response_model=PredictResponse,
-        responses=_problem_responses(*PREDICT_ERRORS),
-        openapi_extra={
-            **_body_doc("PredictRequest", "multipart"),
-            "parameters": [*_path_doc("model"), *_DETAIL_HEADERS],
-        },
-    )
-    async def predict_default(request: Request) -> Response:
-        return await predict(request, request.path_params["model"], None)
-
-    @router.post(
-        "/v1/models/{model}/versions/{version}/predict",
-        tags=["inference"],
-        summary="Predict with one version of a model",
-        response_model=PredictResponse,
-        responses=_problem_responses(*PREDICT_ERRORS),
-        openapi_extra={
-            **_body_doc("PredictRequest", "multipart"),
-            "parameters": [*_path_doc("model", "version"), *_DETAIL_HEADERS],
-        },
-    )
-    async def predict_version(request: Request) -> Response:
-        params = request.path_params
-        return await predict(request, params["model"], params["version"])
-
-    @router.post(
-        "/v1/classify",
-        tags=["inference"],
-        summary="Classify one image (multipart field `image`, or JSON with base64)",
-        response_model=ClassifyResponse,
-        responses=_problem_responses(*PREDICT_ERRORS),
-        openapi_extra={
-            **_body_doc("ClassifyRequest"),
-            "parameters": _DETAIL_HEADERS,
-        },
-    )
-    async def classify(request: Request) -> Response:
-        arrived = time.monotonic()
-        detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
-        timeout_ms = _timeout_ms(request, settings)
-        media = payloads.media_type(request)
-        decode_start = time.perf_counter()
-        if payloads.is_json(media):
-            options = payloads.parse_classify_json(await payloads.read_json(request))
-        elif media == "multipart/form-data":
-            options = payloads.parse_classify_form(await payloads.read_form(request))
-        else:
-            raise payloads.unsupported(media)
-        model = options.model or settings.classify_model
-        served = dataplane.resolve(model, options.version)
-        if served.classifier is None or served.preprocessor is None:
-            raise InvalidInput(f"model '{model}' is not an image classifier")
-        image_input = served.config.preprocessing.input if served.config.preprocessing else ""
-        images = np.empty(1, dtype=object)
-        images[0] = options.image
-        inference = InferenceRequest(
-            model=model,
-            version=served.version,
-            inputs={image_input: images},
-            arrived_at=arrived,
-            request_id=request_id_of(request.scope),
-            timeout_ms=timeout_ms,
-            top_k=options.top_k,
-        )
-        inference.timings.decode_s = time.perf_counter() - decode_start
-        result = await dataplane.infer(inference)
-        if result.classes is None:
-            raise InternalError(f"model '{model}' returned no classes")
-        predictions = [payloads.class_json(s) for s in result.classes[0]]
-        body_out = payloads.render(
-            result, predictions, detail, inference.request_id, arrived, served
-        )
-        return _prediction_response(body_out, served)
-
-    return router
+    predictions = [class_json(s) for s in (result.classes or [[]])[0]]
+    return _prediction_response(request, result, predictions, detail, arrived)
 
 
-# Documented here, parsed by hand in the routes above (see schemas.py).
+# Documented here, parsed by hand in the routes (see schemas.py).
 REQUEST_SCHEMAS = (PredictRequest, ClassifyRequest)
+
+
+async def _predict(request: Request, model: str, version: str | None) -> Response:
+    arrived = time.monotonic()
+    dataplane = _dataplane(request)
+    detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
+    timeout_ms = _timeout_ms(request, _settings(request))
+    served = dataplane.resolve(model, version)
+    media = payloads.media_type(request)
+    decode_start = time.perf_counter()
+    if payloads.is_json(media):
+        inputs, options = await payloads.read_json(
+            request, lambda body: parse_predict_json(body, served)
+        )
+    elif media == "multipart/form-data":
+        inputs, options = payloads.parse_predict_form(await payloads.read_form(request), served)
+    else:
+        raise payloads.unsupported(media)
+    inference = InferenceRequest(
+        model=model,
+        version=served.version,
+        inputs=inputs,
+        arrived_at=arrived,
+        request_id=request_id_of(request.scope),
+        timeout_ms=timeout_ms,
+        top_k=options.top_k,
+        outputs=options.outputs,
+    )
+    inference.timings.decode_s = time.perf_counter() - decode_start
+    result = await dataplane.infer(inference)
+    predictions = predictions_json(result, options.top_k)
+    return _prediction_response(request, result, predictions, detail, arrived)
+
+
+def _dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _json(document: Any, status: int = 200) -> Response:
     return Response(payloads.dumps(document), status_code=status, media_type=JSON)
 
 
-def _prediction_response(body: bytes, served: ServedVersion) -> Response:
+def _prediction_response(
+    request: Request,
+    result: InferenceResult,
+    predictions: list[dict[str, Any]],
+    detail: payloads.Detail,
+    arrived: float,
+) -> Response:
+    body = payloads.render(result, predictions, detail, request_id_of(request.scope), arrived)
     return Response(
         body,
         media_type=JSON,
-        headers={"X-Model-Name": served.model, "X-Model-Version": served.version},
+        headers={"X-Model-Name": result.model, "X-Model-Version": result.version},
     )
 
 
@@ -270,10 +212,8 @@ def _timeout_ms(request: Request, settings: Settings) -> int | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    text = raw.strip()
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
     if not 1 <= value <= settings.max_request_timeout_ms:
         raise InvalidInput(
             f"X-Request-Timeout-Ms must be an integer from 1 to {settings.max_request_timeout_ms}"
@@ -298,27 +238,20 @@ def _detail(entry: ModelEntry) -> dict[str, Any]:
     config = entry.config
     if config is None:
         return doc
-    reference = entry.versions.get(entry.default_version or "") or next(
-        iter(entry.versions.values()), None
-    )
     doc.update(
         inputs=[t.spec().describe() for t in config.inputs],
         outputs=[t.spec().describe() for t in config.outputs],
         labels=entry.labels,
-        timeout_ms=config.timeout_ms,
         version_details=[
             {**v.describe(), "stats": v.stats.as_dict()} for v in entry.versions.values()
         ]
         + [f.describe() for f in entry.failures.values()],
     )
+    reference = entry.versions.get(entry.default_version or "") or next(
+        iter(entry.versions.values()), None
+    )
     if reference is not None:
-        batcher = reference.batcher
-        doc["batching"] = {
-            "max_batch_size": batcher.max_batch_size,
-            "max_batch_delay_ms": batcher.max_batch_delay_s * 1000,
-            "max_queue_size": batcher.max_queue_rows,
-            "instances": batcher.instances,
-        }
+        doc["batching"] = reference.batcher.settings()
         doc["timeout_ms"] = int(reference.timeout_s * 1000)
     if config.preprocessing:
         doc["preprocessing"] = config.preprocessing.model_dump()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -62,6 +63,25 @@ class _Pending:
     future: asyncio.Future[BatchOutcome]
     deadline: float | None
     enqueued: float = field(default=0.0)
+    counted: bool = True
+    """Whether `rows` still count against the queue bound."""
+
+
+class Admission:
+    """Rows promised a place in the queue before their pre-processing starts, so a
+    flood is refused up front instead of piling up in front of the queue."""
+
+    __slots__ = ("_batcher", "active", "rows")
+
+    def __init__(self, batcher: Batcher, rows: int) -> None:
+        self._batcher = batcher
+        self.rows = rows
+        self.active = True
+
+    def release(self) -> None:
+        if self.active:
+            self.active = False
+            self._batcher._reserved -= self.rows
 
 
 class Batcher:
@@ -88,6 +108,7 @@ class Batcher:
         self._stats = stats
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._reserved = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -99,22 +120,45 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    def settings(self) -> dict[str, float | int]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_batch_delay_ms": self.max_batch_delay_s * 1000,
+            "max_queue_size": self.max_queue_rows,
+            "instances": self.instances,
+        }
+
+    def admit(self, rows: int) -> Admission:
+        """Reserve queue space for `rows`, or refuse at once with ResourceExhausted."""
+        if self._closed:
+            raise ModelNotReady(f"model '{self.name}' is unloading")
+        waiting = self._queued_rows + self._reserved
+        if waiting + rows > self.max_queue_rows:
+            self._stats.rejected_overload += 1
+            raise ResourceExhausted(
+                f"model '{self.name}' has {waiting} rows waiting (limit "
+                f"{self.max_queue_rows}); retry later"
+            )
+        self._reserved += rows
+        return Admission(self, rows)
+
     async def submit(
-        self, inputs: dict[str, Array], rows: int, deadline: float | None
+        self,
+        inputs: dict[str, Array],
+        rows: int,
+        deadline: float | None,
+        admission: Admission | None = None,
     ) -> BatchOutcome:
         """Queue `rows` instances and wait for their outputs.
 
         Requests larger than `max_batch_size` are split into chunks that run in
         consecutive batches and are joined again here.
         """
+        if admission is None:
+            admission = self.admit(rows)
+        admission.release()  # the rows now count as queued instead
         if self._closed:
             raise ModelNotReady(f"model '{self.name}' is unloading")
-        if self._queued_rows + rows > self.max_queue_rows:
-            self._stats.rejected_overload += 1
-            raise ResourceExhausted(
-                f"model '{self.name}' has {self._queued_rows} rows queued (limit "
-                f"{self.max_queue_rows}); retry later"
-            )
         self._ensure_task()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -122,7 +166,9 @@ class Batcher:
         for start in range(0, rows, self.max_batch_size):
             stop = min(start + self.max_batch_size, rows)
             part = inputs if stop - start == rows else {k: v[start:stop] for k, v in inputs.items()}
-            chunks.append(_Pending(part, stop - start, loop.create_future(), deadline, now))
+            pending = _Pending(part, stop - start, loop.create_future(), deadline, now)
+            pending.future.add_done_callback(functools.partial(self._abandoned, pending))
+            chunks.append(pending)
         self._queue.extend(chunks)
         self._queued_rows += rows
         self._wakeup.set()
@@ -143,6 +189,12 @@ class Batcher:
             inference_s=sum(o.inference_s for o in outcomes),
             batch_size=max(o.batch_size for o in outcomes),
         )
+
+    def _abandoned(self, item: _Pending, _future: asyncio.Future[BatchOutcome]) -> None:
+        """A caller gave up (deadline, disconnect): its rows stop counting at once."""
+        if item.future.cancelled() and item.counted:
+            item.counted = False
+            self._queued_rows -= item.rows
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
@@ -177,12 +229,19 @@ class Batcher:
                     continue
                 # Wait for a free instance first: the batch keeps filling meanwhile.
                 await self._free.acquire()
-                await self._wait_for_fuller_batch()
-                batch = self._take(time.monotonic())
+                try:
+                    await self._wait_for_fuller_batch()
+                    batch = self._take(time.monotonic())
+                    if batch:
+                        task = loop.create_task(
+                            self._execute(batch, loop), name=f"batch:{self.name}"
+                        )
+                except BaseException:
+                    self._free.release()
+                    raise
                 if not batch:
                     self._free.release()
                     continue
-                task = loop.create_task(self._execute(batch, loop), name=f"batch:{self.name}")
                 self._running.add(task)
                 task.add_done_callback(self._finished)
         except asyncio.CancelledError:
@@ -201,6 +260,11 @@ class Batcher:
         if self.max_batch_delay_s <= 0:
             return
         window_end = self._queue[0].enqueued + self.max_batch_delay_s
+        # Waiting for company may use at most half the time a queued request has left.
+        deadlines = [i.deadline for i in self._queue if i.deadline is not None]
+        if deadlines:
+            now = time.monotonic()
+            window_end = min(window_end, now + max(0.0, min(deadlines) - now) / 2)
         while self._queued_rows < self.max_batch_size:
             remaining = window_end - time.monotonic()
             if remaining <= 0:
@@ -246,7 +310,9 @@ class Batcher:
 
     def _pop(self) -> None:
         item = self._queue.popleft()
-        self._queued_rows -= item.rows
+        if item.counted:
+            item.counted = False
+            self._queued_rows -= item.rows
 
     def _merge_and_predict(self, parts: list[dict[str, Array]]) -> dict[str, Array]:
         """Runs on an inference thread: copying a batch of images is not for the event loop."""

@@ -11,6 +11,8 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from modelplex.core.registry import ModelRegistry, ServedVersion
 from modelplex.core.tensors import Array, TensorSpec, batch_size_of
 from modelplex.core.types import InferenceRequest, InferenceResult
@@ -78,15 +80,21 @@ class DataPlane:
     ) -> InferenceResult:
         timings = request.timings
         inputs = request.inputs
-        if served.preprocessor is not None:
-            loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self._preprocess_pool, served.preprocessor, inputs)
-            inputs = outcome.inputs
-            timings.decode_s += outcome.decode_s
-            timings.preprocess_s += outcome.transform_s
-            served.stats.compute_input.add(outcome.decode_s + outcome.transform_s)
-        input_shapes = {name: list(tensor.shape) for name, tensor in inputs.items()}
-        batch = await served.batcher.submit(inputs, rows, deadline)
+        admission = served.batcher.admit(rows)  # shed load before pre-processing, not after
+        try:
+            if served.preprocessor is not None:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(
+                    self._preprocess_pool, served.preprocessor, inputs
+                )
+                inputs = outcome.inputs
+                timings.decode_s += outcome.decode_s
+                timings.preprocess_s += outcome.transform_s
+                served.stats.compute_input.add(outcome.decode_s + outcome.transform_s)
+            input_shapes = {name: list(tensor.shape) for name, tensor in inputs.items()}
+            batch = await served.batcher.submit(inputs, rows, deadline, admission)
+        finally:
+            admission.release()
         timings.queue_wait_s = batch.queue_wait_s
         timings.inference_s = batch.inference_s
         served.stats.compute_infer.add(batch.inference_s)
@@ -110,7 +118,38 @@ class DataPlane:
             batch_size=batch.batch_size,
             rows=rows,
             input_shapes=input_shapes,
+            version_details=served.describe(),
         )
+
+    async def classify(
+        self,
+        image: bytes,
+        *,
+        model: str,
+        version: str | None,
+        top_k: int,
+        arrived_at: float,
+        request_id: str = "",
+        timeout_ms: int | None = None,
+        decode_s: float = 0.0,
+    ) -> InferenceResult:
+        """One encoded image through an image classifier's pre-processing and model."""
+        served = self.registry.get(model, version)
+        if served.classifier is None or served.config.preprocessing is None:
+            raise InvalidInput(f"model '{model}' is not an image classifier")
+        images = np.empty(1, dtype=object)
+        images[0] = image
+        request = InferenceRequest(
+            model=model,
+            version=served.version,
+            inputs={served.config.preprocessing.input: images},
+            arrived_at=arrived_at,
+            request_id=request_id,
+            timeout_ms=timeout_ms,
+            top_k=top_k,
+        )
+        request.timings.decode_s = decode_s
+        return await self.infer(request)
 
     @staticmethod
     def _validate(specs: tuple[TensorSpec, ...], inputs: dict[str, Array]) -> None:

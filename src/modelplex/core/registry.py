@@ -36,6 +36,7 @@ from modelplex.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.toml"
+PIPELINE_FILE = "pipeline.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -123,63 +124,75 @@ class ModelRegistry:
             if not self.repository.is_dir():
                 log.error("model repository %s does not exist", self.repository)
                 return
-            folders = sorted(
-                p
-                for p in self.repository.iterdir()
-                if p.is_dir() and not p.name.startswith((".", "_"))
-            )
-            for folder in folders:
-                entry = ModelEntry(name=folder.name, path=folder)
+            for folder in self.model_folders():
                 with self._lock:
-                    self._models[folder.name] = entry
-                self._load_entry(entry)
+                    self._models.setdefault(folder.name, ModelEntry(folder.name, folder))
+            for folder in self.model_folders():
+                self.load_model(folder.name)
         finally:
             self.loaded.set()
 
-    def _load_entry(self, entry: ModelEntry) -> None:
+    def model_folders(self) -> list[Path]:
+        """Folders that hold models (pipelines, hidden and `_` folders excluded)."""
+        return sorted(
+            p
+            for p in self.repository.iterdir()
+            if p.is_dir() and not p.name.startswith((".", "_")) and not (p / PIPELINE_FILE).exists()
+        )
+
+    def load_model(self, name: str) -> ModelEntry:
+        """(Re)read one model folder; the entry is published only once fully built,
+        so requests never see a half-loaded model."""
+        entry = self._build_entry(name, self.repository / name)
+        with self._lock:
+            self._models[name] = entry
+        return entry
+
+    def _build_entry(self, name: str, folder: Path) -> ModelEntry:
         started = time.perf_counter()
+        entry = ModelEntry(name=name, path=folder)
         try:
-            if not _NAME.match(entry.name):
-                raise ModelLoadError(f"'{entry.name}' is not a valid model name")
-            config = load_model_config(entry.path / MODEL_FILE)
+            if not _NAME.match(name):
+                raise ModelLoadError(f"'{name}' is not a valid model name")
+            config = load_model_config(folder / MODEL_FILE)
             entry.config = config
             if config.classification and config.classification.labels:
-                entry.labels = read_labels(entry.path / config.classification.labels)
+                entry.labels = read_labels(folder / config.classification.labels)
             versions = sorted(
-                (p.name for p in entry.path.iterdir() if p.is_dir() and _NAME.match(p.name)),
+                (p.name for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name)),
                 key=version_sort_key,
             )
             if not versions:
                 raise ModelLoadError("no version folders")
-            for version in versions:
-                try:
-                    entry.versions[version] = self._load_version(entry, config, version)
-                except Exception as exc:
-                    reason = describe_failure(exc)
-                    log.error("model %s version %s failed to load: %s", entry.name, version, reason)
-                    entry.failures[version] = VersionFailure(version, reason)
             default = config.default_version or versions[-1]
             if default not in versions:
                 raise ModelLoadError(f"default_version '{default}' has no folder")
             entry.default_version = default
+            for version in versions:
+                try:
+                    entry.versions[version] = self._load_version(entry, config, version)
+                except Exception as exc:
+                    log.error("model %s version %s failed to load", name, version, exc_info=exc)
+                    entry.failures[version] = VersionFailure(version, describe_failure(exc))
             if default in entry.versions:
                 entry.versions[default].is_default = True
-                entry.state = ModelState.READY
+                state, reason = ModelState.READY, None
             else:
-                entry.state = ModelState.FAILED
-                entry.reason = f"default version {default}: {entry.failures[default].reason}"
+                state = ModelState.FAILED
+                reason = f"default version {default}: {entry.failures[default].reason}"
         except Exception as exc:
-            entry.state = ModelState.FAILED
-            entry.reason = describe_failure(exc)
-            log.error("model %s failed to load: %s", entry.name, entry.reason)
-            return
+            log.error("model %s failed to load", name, exc_info=exc)
+            state, reason = ModelState.FAILED, describe_failure(exc)
+        entry.state, entry.reason = state, reason
         log.info(
-            "model %s loaded: versions %s (default %s) in %.2fs",
-            entry.name,
+            "model %s: %s, versions %s (default %s) in %.2fs",
+            name,
+            state.value,
             sorted(entry.versions, key=version_sort_key),
             entry.default_version,
             time.perf_counter() - started,
         )
+        return entry
 
     def _load_version(self, entry: ModelEntry, config: ModelConfig, version: str) -> ServedVersion:
         settings = self._settings

@@ -117,23 +117,20 @@ _INT_KINDS = frozenset("iu")
 _NUMBER_KINDS = frozenset("iuf")
 
 
-def to_tensor(values: Any, spec: TensorSpec) -> Array:
+def to_tensor(values: list[Any], spec: TensorSpec) -> Array:
     """Convert a JSON-decoded batch of instances (a list) into a tensor for `spec`.
 
     Conversions that would lose information are refused rather than performed:
     floats for an integer input, strings for a number, booleans for a number,
-    ragged nesting, integers out of range.
+    ragged nesting, integers out of range, numbers too large for a float type.
     """
     if spec.datatype is Datatype.BYTES:
-        arr = np.empty(len(values), dtype=object)
-        for i, value in enumerate(values):
-            arr[i] = _to_bytes(value, spec.name)
-        if spec.shape not in ((), (-1,), (1,)):
-            raise InvalidInput(f"input '{spec.name}': BYTES inputs must be scalars per instance")
-        return arr.reshape((len(values), *([1] if spec.shape == (1,) else [])))
+        tensor = _bytes_tensor(values, spec.name)
+        spec.check_batch(tensor)
+        return tensor
     try:
         raw = np.asarray(values)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidInput(f"input '{spec.name}' is ragged or not a numeric array") from None
     kind = raw.dtype.kind
     target = spec.datatype.numpy_dtype
@@ -148,28 +145,77 @@ def to_tensor(values: Any, spec: TensorSpec) -> Array:
         info = np.iinfo(target)
         if raw.size and (raw.min() < info.min or raw.max() > info.max):
             raise InvalidInput(f"input '{spec.name}' has values out of range for {spec.datatype}")
-    tensor = raw.astype(target, copy=False)
+    with np.errstate(over="ignore"):
+        tensor = raw.astype(target, copy=False)
+    if target.kind == "f" and tensor.size and not np.isfinite(tensor).all():
+        raise InvalidInput(f"input '{spec.name}' has values out of range for {spec.datatype}")
     spec.check_batch(tensor)
     return tensor
 
 
-def _to_bytes(value: Any, name: str) -> bytes:
-    """A BYTES element: a UTF-8 string, or {"b64": "..."} for binary data."""
+def bytes_batch(items: list[bytes], spec: TensorSpec) -> Array:
+    """One BYTES element per instance (uploads), shaped for a `()`, `(1,)` or `(-1,)` spec."""
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    shaped: Array = arr.reshape(len(items), 1) if spec.shape else arr
+    spec.check_batch(shaped)
+    return shaped
+
+
+def _bytes_tensor(values: list[Any], name: str) -> Array:
+    converted = [_bytes_leaves(v, name) for v in values]
+    shape = _nested_shape(converted, name)
+    arr = np.empty(shape, dtype=object)
+    for index in np.ndindex(*shape):
+        leaf: Any = converted
+        for i in index:
+            leaf = leaf[i]
+        arr[index] = leaf
+    return arr
+
+
+def _bytes_leaves(value: Any, name: str) -> Any:
+    if isinstance(value, list):
+        return [_bytes_leaves(v, name) for v in value]
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(f"input '{name}' is not valid base64") from None
-    raise InvalidInput(f'input \'{name}\' expects a string or {{"b64": "..."}} per instance')
+        return decode_base64(value["b64"], f"input '{name}'")
+    raise InvalidInput(f'input \'{name}\' expects strings or {{"b64": "..."}} values')
 
 
-def to_jsonable(tensor: Array) -> Any:
-    """A tensor row (or batch) as plain JSON values; BYTES become UTF-8 text or b64."""
-    if tensor.dtype == object:
-        return [_bytes_to_json(v) for v in tensor.reshape(-1)]
-    return tensor.tolist()
+def _nested_shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        return ()
+    shapes = {_nested_shape(v, name) for v in value}
+    if len(shapes) > 1:
+        raise InvalidInput(f"input '{name}' is ragged")
+    return (len(value), *(shapes.pop() if shapes else ()))
+
+
+def decode_base64(text: str, what: str = "value") -> bytes:
+    """Standard or URL-safe base64, padded or not, line-wrapped or not.
+
+    Characters outside the alphabet are refused, never skipped."""
+    compact = "".join(text.split())
+    if "-" in compact or "_" in compact:
+        compact = compact.replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{what} is not valid base64") from None
+
+
+def row_to_json(tensor: Array, row: int) -> Any:
+    """One instance of an output as JSON-ready values (numeric rows stay numpy:
+    orjson serialises them natively); BYTES become text, or {"b64": ...} if binary."""
+    value = tensor[row]
+    if tensor.dtype != object:
+        return value
+    if isinstance(value, np.ndarray):
+        return [_bytes_to_json(v) for v in value.reshape(-1)]
+    return _bytes_to_json(value)
 
 
 def _bytes_to_json(value: Any) -> Any:

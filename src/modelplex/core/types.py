@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelplex.core.tensors import Array
 
@@ -67,3 +68,5 @@ class InferenceResult:
     rows: int
     input_shapes: dict[str, list[int]]
     """Shapes of the tensors the model received (after pre-processing)."""
+    version_details: dict[str, Any]
+    """The serving version's runtime, artefact, load time and whether it is the default."""

@@ -59,6 +59,9 @@ def load_runtime(spec: RuntimeSpec) -> Runtime:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """A one-line reason for a load failure, for logs and the model listing."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """The reason for a load failure that clients may see: our own message for a
+    ModelLoadError, only the exception's type for anything else (its text can
+    hold paths and other internals; the log has it)."""
+    if isinstance(exc, ModelLoadError):
+        return exc.message
+    return f"unexpected {type(exc).__name__} (see the server log)"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import onnxruntime as ort
 
 from modelplex.core.runtimes.base import RuntimeSpec
 from modelplex.core.tensors import Array, Datatype
 from modelplex.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 _ONNX_TYPES: dict[str, Datatype] = {
     "tensor(bool)": Datatype.BOOL,
@@ -40,7 +44,12 @@ class OnnxRuntime:
                 str(spec.artifact), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise ModelLoadError(f"ONNX Runtime cannot load {spec.artifact.name}: {exc}") from exc
+            # ORT's text carries absolute paths: it goes to the log, not to clients.
+            log.error("ONNX Runtime cannot load %s: %s", spec.artifact, exc)
+            raise ModelLoadError(
+                f"ONNX Runtime cannot load {spec.artifact.name} ({type(exc).__name__}; "
+                "see the server log)"
+            ) from exc
         self._check(spec)
         self._output_names = [o.name for o in spec.outputs]
 

@@ -12,6 +12,7 @@ declared output, with as many rows as it was given.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 from modelplex.core.runtimes.base import RuntimeSpec
 from modelplex.core.tensors import Array
 from modelplex.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 
 class PythonRuntime:
@@ -31,7 +34,10 @@ class PythonRuntime:
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
-            raise ModelLoadError(f"importing {spec.artifact.name} failed: {exc!r}") from exc
+            log.error("importing %s failed", spec.artifact, exc_info=exc)
+            raise ModelLoadError(
+                f"importing {spec.artifact.name} failed ({type(exc).__name__}; see the server log)"
+            ) from exc
         cls = getattr(module, spec.python.class_name, None)
         if not isinstance(cls, type):
             raise ModelLoadError(f"{spec.artifact.name} has no class {spec.python.class_name}")
@@ -41,7 +47,13 @@ class PythonRuntime:
             if callable(load):
                 load(spec.artifact.parent)
         except Exception as exc:
-            raise ModelLoadError(f"{spec.python.class_name} failed to load: {exc!r}") from exc
+            log.error(
+                "%s in %s failed to load", spec.python.class_name, spec.artifact, exc_info=exc
+            )
+            raise ModelLoadError(
+                f"{spec.python.class_name} failed to load ({type(exc).__name__}; "
+                "see the server log)"
+            ) from exc
         if not callable(getattr(self._model, "predict", None)):
             raise ModelLoadError(f"{spec.python.class_name} has no predict(batch) method")
         self._module_name = spec.module_name

@@ -6,6 +6,7 @@ only ever hold artefacts you trust (the same holds for `python` models).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from modelplex.core.model_config import SklearnMethod
 from modelplex.core.runtimes.base import RuntimeSpec
 from modelplex.core.tensors import Array
 from modelplex.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 
 class SklearnRuntime:
@@ -28,7 +31,11 @@ class SklearnRuntime:
         try:
             estimator = joblib.load(spec.artifact)
         except Exception as exc:  # unpickling can raise anything
-            raise ModelLoadError(f"joblib cannot load {spec.artifact.name}: {exc}") from exc
+            log.error("joblib cannot load %s: %r", spec.artifact, exc)
+            raise ModelLoadError(
+                f"joblib cannot load {spec.artifact.name} ({type(exc).__name__}; "
+                "see the server log)"
+            ) from exc
         features = getattr(estimator, "n_features_in_", None)
         shape = spec.inputs[0].shape
         if isinstance(features, int) and shape and shape[-1] not in (-1, features):
