@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/services.sh
 # Build the example models once (cached outside the checkout) before the tests use them.
 .venv/bin/modelplex examples build
 .venv/bin/ruff check src tests benchmarks

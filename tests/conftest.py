@@ -32,7 +32,9 @@ def photos() -> dict[str, bytes]:
 
 
 def settings_for(tmp: Path, **overrides: Any) -> Settings:
-    return Settings(port=0, data_dir=tmp / "data", cache_dir=tmp / "cache", **overrides)
+    """Test settings: a free port, state in `tmp`, and no worker processes unless asked."""
+    values: dict[str, Any] = {"workers": 0, **overrides}
+    return Settings(port=0, data_dir=tmp / "data", cache_dir=tmp / "cache", **values)
 
 
 def wait_ready(client: httpx.Client) -> None:

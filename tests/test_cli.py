@@ -126,3 +126,46 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     result = run_cli("serve", "--port", "0", "--model-repository", str(tmp_path / "absent"))
     assert result.returncode == 1
     assert "is not a directory" in result.stderr
+
+
+def test_jobs_submit_wait_list_and_get(served: str, tmp_path: Path) -> None:
+    """`modelplex serve` runs its own worker (embedded mode): a job completes."""
+    from sklearn.datasets import load_digits
+
+    features = load_digits(return_X_y=True)[0]
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"instances": features[:3].tolist()}))
+    result = run_cli("jobs", "submit", str(body), "--model", "digits", "--wait", "--url", served)
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "COMPLETED"
+    assert len(job["result"]["predictions"]) == 3
+    listed = run_cli("jobs", "list", "--model", "digits", "--url", served)
+    assert job["id"] in listed.stdout
+    fetched = run_cli("jobs", "get", job["id"], "--url", served)
+    assert json.loads(fetched.stdout)["id"] == job["id"]
+    missing = run_cli("jobs", "get", "job_missing", "--url", served)
+    assert missing.returncode == 1
+    assert "JOB_NOT_FOUND" in missing.stderr
+
+
+def test_batches_submit_and_results(served: str, tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    features = load_digits(return_X_y=True)[0]
+    rows = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"custom_id": f"r{i}", "input": features[i].tolist()}) for i in range(4)]
+    rows.write_text("\n".join([*lines, "not json"]) + "\n")
+    submitted = run_cli(
+        "batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch = json.loads(submitted.stdout)
+    assert batch["counts"]["completed"] == 4
+    assert batch["counts"]["failed"] == 1
+    results = run_cli("batches", "results", batch["id"], "--url", served)
+    assert sorted(json.loads(line)["custom_id"] for line in results.stdout.splitlines()) == [
+        "r0", "r1", "r2", "r3",
+    ]  # fmt: skip
+    errors = run_cli("batches", "results", batch["id"], "--errors", "--url", served)
+    assert json.loads(errors.stdout.splitlines()[0])["error"]["code"] == "INVALID_INPUT"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,8 +17,12 @@ from modelplex.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="modelplex model server.")
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the models a server serves.")
 examples_app = typer.Typer(no_args_is_help=True, help="The example model repository.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Asynchronous jobs.")
+batches_app = typer.Typer(no_args_is_help=True, help="Batches of inputs from a JSONL file.")
 app.add_typer(models_app, name="models")
 app.add_typer(examples_app, name="examples")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(batches_app, name="batches")
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="MODELPLEX_URL", help="Base URL of a running server.")
@@ -51,7 +56,7 @@ def serve(
 ) -> None:
     """Serve a model repository over HTTP (the example models by default)."""
     from modelplex.errors import ModelplexError
-    from modelplex.server import configure_logging
+    from modelplex.process import configure_logging
     from modelplex.server import serve as run_server
 
     settings = _settings(
@@ -64,6 +69,32 @@ def serve(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot serve on {settings.host}:{settings.port}: {exc}")
+
+
+@app.command()
+def worker(
+    model_repository: Annotated[
+        Path | None, typer.Option(help="Model repository (default: the example models).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at a time.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Run jobs from the job database (MODELPLEX_DATABASE_URL) until SIGTERM."""
+    from modelplex.errors import ModelplexError
+    from modelplex.jobs.worker_main import main as run_worker
+    from modelplex.process import configure_logging
+    from modelplex.server import resolve_repository
+
+    settings = _settings(
+        model_repository=model_repository, worker_concurrency=concurrency, config_file=config
+    )
+    configure_logging(settings.log_level)
+    try:
+        run_worker(settings, resolve_repository(settings))
+    except ModelplexError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"worker failed: {exc}")
 
 
 @app.command()
@@ -163,6 +194,210 @@ def _instances_from_json(file: Path) -> list[Any]:
     )
 
 
+@jobs_app.command("submit")
+def jobs_submit(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="JSON input, or a file (zip) to upload."),
+    ],
+    model: Annotated[str | None, typer.Option(help="Run this model.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Run this pipeline.")] = None,
+    callback_url: Annotated[str | None, typer.Option(help="Webhook URL.")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first (-100..100).")] = 0,
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job, with a progress bar.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Submit a job; print it (or, with --wait, its outcome)."""
+    if (model is None) == (pipeline is None):
+        _fail("give exactly one of --model or --pipeline")
+    with ModelplexClient(url) as client:
+        try:
+            if file.suffix.lower() == ".json":
+                job = client.submit_job(
+                    model=model, pipeline=pipeline, input=_read_json(file),
+                    callback_url=callback_url, priority=priority, idempotency_key=idempotency_key,
+                )  # fmt: skip
+            else:
+                job = client.submit_job(
+                    model=model, pipeline=pipeline, file=file, callback_url=callback_url,
+                    priority=priority, idempotency_key=idempotency_key,
+                )  # fmt: skip
+            if wait:
+                job = _wait_for_job(client, job["id"])
+        except ClientError as exc:
+            _fail(str(exc))
+    _print(job)
+    if wait and job["status"] != "COMPLETED":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Show a job: status, steps, result or error."""
+    with ModelplexClient(url) as client:
+        try:
+            _print(client.get_job(job_id))
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only jobs of this model or pipeline.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor from the previous page.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List jobs, newest first."""
+    with ModelplexClient(url) as client:
+        try:
+            page = client.list_jobs(status=status, model=model, limit=limit, cursor=cursor)
+        except ClientError as exc:
+            _fail(str(exc))
+    for job in page["jobs"]:
+        target = job.get("model") or job.get("pipeline") or job.get("batch_chunk")
+        typer.echo(
+            f"{job['id']}  {job['status']:<10} {target:<20} {job['progress'] * 100:5.1f}%  "
+            f"{job['created_at']}"
+        )
+    if page["next_cursor"]:
+        typer.echo(f"next page: --cursor {page['next_cursor']}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Cancel a job (a running one stops at its next step boundary)."""
+    with ModelplexClient(url) as client:
+        try:
+            _print(client.cancel_job(job_id))
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+@jobs_app.command("wait")
+def jobs_wait(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Wait for a job to finish, with a progress bar; exit 1 unless it COMPLETED."""
+    with ModelplexClient(url) as client:
+        try:
+            job = _wait_for_job(client, job_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    _print(job)
+    if job["status"] != "COMPLETED":
+        raise typer.Exit(1)
+
+
+def _wait_for_job(client: ModelplexClient, job_id: str) -> dict[str, Any]:
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(job_id, total=1.0)
+        while True:
+            job = client.get_job(job_id)
+            running = [s["name"] for s in job["steps"] if s["status"] == "RUNNING"]
+            label = f"{job['status']} {running[0] if running else ''}".strip()
+            bar.update(task, completed=job["progress"], description=label)
+            if job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                return job
+            time.sleep(0.5)
+
+
+@batches_app.command("submit")
+def batches_submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL file.")],
+    model: Annotated[str | None, typer.Option(help="Run this model.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Run this pipeline.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Classes per line.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait, with a progress bar.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Submit a JSONL file ({"custom_id": ..., "input": ...} per line)."""
+    if (model is None) == (pipeline is None):
+        _fail("give exactly one of --model or --pipeline")
+    with ModelplexClient(url) as client:
+        try:
+            options = {"top_k": top_k} if top_k else None
+            batch = client.submit_batch(file, model=model, pipeline=pipeline, options=options)
+            if wait:
+                batch = _wait_for_batch(client, batch["id"])
+        except ClientError as exc:
+            _fail(str(exc))
+    _print(batch)
+
+
+@batches_app.command("get")
+def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Show a batch's counts and progress."""
+    with ModelplexClient(url) as client:
+        try:
+            _print(client.get_batch(batch_id))
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+@batches_app.command("wait")
+def batches_wait(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Wait for a batch to finish, with a progress bar."""
+    with ModelplexClient(url) as client:
+        try:
+            _print(_wait_for_batch(client, batch_id))
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+@batches_app.command("results")
+def batches_results(
+    batch_id: str,
+    errors: Annotated[bool, typer.Option("--errors", help="The failed lines instead.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Print the batch's results (or errors) as JSONL."""
+    with ModelplexClient(url) as client:
+        try:
+            for line in client.batch_lines(batch_id, errors=errors):
+                typer.echo(orjson.dumps(line).decode())
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+@batches_app.command("cancel")
+def batches_cancel(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
+    """Cancel a batch's remaining chunks."""
+    with ModelplexClient(url) as client:
+        try:
+            _print(client.cancel_batch(batch_id))
+        except ClientError as exc:
+            _fail(str(exc))
+
+
+def _wait_for_batch(client: ModelplexClient, batch_id: str) -> dict[str, Any]:
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(batch_id, total=1.0)
+        while True:
+            batch = client.get_batch(batch_id)
+            counts = batch["counts"]
+            bar.update(
+                task,
+                completed=batch["progress"],
+                description=f"{counts['completed']} done, {counts['failed']} failed "
+                f"of {counts['total']}",
+            )
+            if batch["finished_at"]:
+                return batch
+            time.sleep(0.5)
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"{file} is not valid JSON: {exc}")
+
+
 @examples_app.command("build")
 def examples_build(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache directory.")] = None,
@@ -170,7 +405,7 @@ def examples_build(
     """Build the example model repository (needs the 'examples' extra) and print its path."""
     from modelplex.errors import ModelplexError
     from modelplex.examples import ensure_example_repository
-    from modelplex.server import configure_logging
+    from modelplex.process import configure_logging
 
     settings = _settings(cache_dir=cache_dir)
     configure_logging(settings.log_level)

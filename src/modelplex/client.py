@@ -107,26 +107,101 @@ class ModelplexClient:
             data=data,
         )
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    # -- jobs and batches ------------------------------------------------------
+    def submit_job(
+        self,
+        *,
+        model: str | None = None,
+        pipeline: str | None = None,
+        input: Any = None,
+        file: Path | None = None,
+        callback_url: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        target = {"model": model} if model else {"pipeline": pipeline}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if file is not None:
+            data = {**target, "priority": str(priority)}
+            if callback_url:
+                data["callback_url"] = callback_url
+            return self._request(
+                "POST", "/v1/jobs", files={"file": (file.name, file.read_bytes())}, data=data,
+                headers=headers,
+            )  # fmt: skip
+        body: dict[str, Any] = {**target, "input": input, "priority": priority}
+        if callback_url:
+            body["callback_url"] = callback_url
+        return self._request("POST", "/v1/jobs", json=body, headers=headers)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(
+        self, *, status: str | None = None, model: str | None = None, limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        params = {"status": status, "model": model, "limit": limit, "cursor": cursor}
+        return self._request("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def job_result(self, job_id: str) -> Any:
+        return self._send("GET", f"/v1/jobs/{job_id}/result").json()
+
+    def submit_batch(
+        self, file: Path, *, model: str | None = None, pipeline: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        data = {"model": model} if model else {"pipeline": pipeline or ""}
+        if options:
+            data["options"] = orjson.dumps(options).decode()
+        files = {"file": (file.name, file.read_bytes(), "application/jsonl")}
+        return self._request("POST", "/v1/batches", files=files, data=data)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/batches/{batch_id}")
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/batches/{batch_id}/cancel")
+
+    def batch_lines(self, batch_id: str, *, errors: bool = False) -> list[dict[str, Any]]:
+        kind = "errors" if errors else "results"
+        response = self._send("GET", f"/v1/batches/{batch_id}/{kind}")
+        return [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.is_error:
+            self._raise(response)
+        return response
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            document = self._send(method, path, **kwargs).json()
+        except ValueError:
+            raise ClientError("the server's answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise ClientError("the server's answer is not a JSON object")
+        return document
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
         try:
             document = response.json()
         except ValueError:
             document = None
-        if response.is_error:
-            if isinstance(document, dict) and "code" in document:
-                raise ClientError(
-                    f"{document['code']}: {document.get('detail', '')}",
-                    status=response.status_code,
-                    code=str(document["code"]),
-                )
-            raise ClientError(f"HTTP {response.status_code}", status=response.status_code)
-        if not isinstance(document, dict):
-            raise ClientError("the server's answer is not a JSON object")
-        return document
+        if isinstance(document, dict) and "code" in document:
+            raise ClientError(
+                f"{document['code']}: {document.get('detail', '')}",
+                status=response.status_code,
+                code=str(document["code"]),
+            )
+        raise ClientError(f"HTTP {response.status_code}", status=response.status_code)
 
 
 def _predict_path(model: str, version: str | None) -> str:

@@ -46,6 +46,21 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.VersionNotFound: WireError(
         "VERSION_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Model version not found"
     ),
+    errors.PipelineNotFound: WireError(
+        "PIPELINE_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Pipeline not found"
+    ),
+    errors.JobNotFound: WireError("JOB_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Job not found"),
+    errors.BatchNotFound: WireError("BATCH_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Batch not found"),
+    errors.Conflict: WireError("CONFLICT", 409, GrpcCode.FAILED_PRECONDITION, "Conflict"),
+    errors.IdempotencyConflict: WireError(
+        "IDEMPOTENCY_CONFLICT", 409, GrpcCode.FAILED_PRECONDITION, "Idempotency key conflict"
+    ),
+    errors.JobNotFinished: WireError(
+        "JOB_NOT_FINISHED", 409, GrpcCode.FAILED_PRECONDITION, "Job not finished"
+    ),
+    errors.Unavailable: WireError(
+        "SERVICE_UNAVAILABLE", 503, GrpcCode.UNAVAILABLE, "Service unavailable"
+    ),
     errors.MethodNotAllowed: WireError(
         "METHOD_NOT_ALLOWED", 405, GrpcCode.UNIMPLEMENTED, "Method not allowed"
     ),

@@ -8,11 +8,20 @@ place that turns them into status codes and stable problem codes.
     ├── NotFound
     │   ├── ModelNotFound
     │   ├── VersionNotFound
+    │   ├── PipelineNotFound
+    │   ├── JobNotFound
+    │   ├── BatchNotFound
+    │   ├── BlobNotFound        a stored input or result is gone (expired)
     │   └── RouteNotFound
+    ├── Conflict
+    │   ├── IdempotencyConflict the key was used with a different request
+    │   └── JobNotFinished
     ├── MethodNotAllowed
     ├── ModelNotReady
     ├── InferenceTimeout        a model or request deadline passed
     ├── ResourceExhausted       a bounded queue is full (carries retry_after_s)
+    ├── Unavailable             a dependency is down (carries retry_after_s)
+    │   └── StoreUnavailable    the job database
     ├── PayloadTooLarge
     ├── UnsupportedMediaType
     ├── ModelLoadError          a model folder cannot be turned into a served model
@@ -49,8 +58,36 @@ class VersionNotFound(NotFound):
     """The model version does not exist."""
 
 
+class PipelineNotFound(NotFound):
+    """The pipeline does not exist."""
+
+
+class JobNotFound(NotFound):
+    """The job does not exist."""
+
+
+class BatchNotFound(NotFound):
+    """The batch does not exist."""
+
+
+class BlobNotFound(NotFound):
+    """The stored data does not exist (it may have expired)."""
+
+
 class RouteNotFound(NotFound):
     """No such endpoint."""
+
+
+class Conflict(ModelplexError):
+    """The request conflicts with the resource's current state."""
+
+
+class IdempotencyConflict(Conflict):
+    """The idempotency key was already used with a different request."""
+
+
+class JobNotFinished(Conflict):
+    """The job has not finished."""
 
 
 class MethodNotAllowed(ModelplexError):
@@ -71,6 +108,18 @@ class ResourceExhausted(ModelplexError):
     def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unavailable(ModelplexError):
+    """A service modelplex depends on is unavailable; retry later."""
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(Unavailable):
+    """The job database is unavailable."""
 
 
 class PayloadTooLarge(ModelplexError):

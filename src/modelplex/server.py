@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 60.0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("modelplex").setLevel(level.upper())
-
-
 def resolve_repository(settings: Settings) -> Path:
     """The configured model repository, or the example one (built on first use)."""
     if settings.model_repository is not None:

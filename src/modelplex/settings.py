@@ -103,6 +103,68 @@ class Settings(BaseSettings):
     default (700). Loaded models are also frozen out of the collector: with them
     in the heap, full collections stalled requests for tens of milliseconds."""
 
+    # -- jobs -----------------------------------------------------------------
+    database_url: str | None = None
+    """Job database. Unset: SQLite in `data_dir` (embedded). Scale-out:
+    `postgresql+asyncpg://user@host/db`."""
+
+    workers: int = Field(default=1, ge=0, le=64)
+    """Worker processes `modelplex serve` starts and supervises (0: none, run
+    `modelplex worker` yourself)."""
+
+    worker_concurrency: int = Field(default=4, ge=1, le=1024)
+    """Jobs one worker runs at a time."""
+
+    job_lease_s: float = Field(default=10.0, ge=1, le=3600)
+    """How long a claimed job stays a worker's without a heartbeat (renewed every
+    third of it); a dead worker's job is claimed again after at most this long."""
+
+    job_poll_s: float = Field(default=0.2, gt=0, le=60)
+    """How often an idle worker looks for new jobs."""
+
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    """Attempts of a job (pipelines may set their own) before it FAILs."""
+
+    job_retry_base_s: float = Field(default=2.0, ge=0)
+    """First retry delay; doubles per attempt (with jitter) up to `job_retry_cap_s`."""
+
+    job_retry_cap_s: float = Field(default=300.0, ge=0)
+    """Longest retry delay."""
+
+    job_drain_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long a worker lets running jobs finish before handing them back."""
+
+    job_retention_hours: float = Field(default=168.0, gt=0)
+    """Finished jobs and batches (and their blobs) are deleted after this long."""
+
+    blob_threshold_bytes: int = Field(default=64 * 1024, ge=0)
+    """Job inputs and results larger than this live in the blob store, not the row."""
+
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest body accepted by POST /v1/jobs and /v1/batches."""
+
+    batch_chunk_size: int = Field(default=64, ge=1, le=10_000)
+    """Lines of a batch file processed together as one job."""
+
+    max_batch_lines: int = Field(default=1_000_000, ge=1)
+    """Largest batch file, in lines."""
+
+    webhook_secret: str | None = None
+    """`whsec_<base64>` key that signs webhooks. Unset: generated once into
+    `data_dir/webhook_secret`."""
+
+    webhook_allow_private: bool = False
+    """Allow callback URLs that resolve to loopback, link-local or private addresses."""
+
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long one webhook delivery attempt may take."""
+
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    """Delivery attempts before a webhook is given up."""
+
+    webhook_retry_base_s: float = Field(default=2.0, ge=0)
+    """First webhook retry delay; doubles per attempt (capped at one hour)."""
+
     @field_validator("model_repository", "data_dir", "cache_dir", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:

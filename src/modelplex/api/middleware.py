@@ -27,9 +27,18 @@ _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, upload_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_limits = upload_limits or {}
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.upload_limits.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,10 +59,10 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        limit = self.max_body_bytes
+        limit = self._limit(scope.get("path", ""))
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await self._reject(declared, scope, receive, send_with_id)
+            await self._reject(declared, limit, scope, receive, send_with_id)
             return
 
         received = 0
@@ -87,10 +96,12 @@ class RequestContextMiddleware:
                 return str(value.decode())
         return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
-    async def _reject(self, declared: int, scope: Scope, receive: Receive, send: Send) -> None:
-        error = PayloadTooLarge(self._too_large(self.max_body_bytes))
+    async def _reject(
+        self, declared: int, limit: int, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        error = PayloadTooLarge(self._too_large(limit))
         response = problem_response(error, scope["state"]["request_id"], scope.get("path"))
-        if declared <= self.max_body_bytes + _DRAIN_BYTES:
+        if declared <= limit + _DRAIN_BYTES:
             # Read and drop a modest excess so the client, still sending, gets the
             # answer instead of a reset connection.
             more = True

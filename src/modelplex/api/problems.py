@@ -43,7 +43,7 @@ def problem_response(exc: BaseException, request_id: str, path: str | None = Non
     if path:
         body["instance"] = path
     headers = {"X-Request-ID": request_id} if request_id else {}
-    if isinstance(exc, errors.ResourceExhausted):
+    if isinstance(exc, errors.ResourceExhausted | errors.Unavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
     return Response(
         orjson.dumps(body),

@@ -167,3 +167,113 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "ready", "loading"]
     models: dict[str, Any] | None = None
+
+
+# -- jobs and batches -----------------------------------------------------------
+class JobSubmit(_Closed):
+    """POST /v1/jobs. Exactly one of `model` or `pipeline`."""
+
+    model: str | None = None
+    pipeline: str | None = None
+    version: str | None = Field(None, description="Model jobs: a version (default: the default).")
+    input: Any = Field(
+        description="Model jobs: a /v1 predict body ({instance} or {instances}, parameters); "
+        "pipelines: their input object, e.g. album-tagging's {images: [base64, ...]}."
+    )
+    callback_url: str | None = Field(
+        None, description="Receives signed webhooks (Standard Webhooks)."
+    )
+    callback_events: list[Literal["job.step"]] = Field(
+        default_factory=list,
+        description="Extra events; completion, failure and cancellation are always sent.",
+    )
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Yours; returned with the job and its webhooks."
+    )
+
+
+class JobStep(BaseModel):
+    name: str
+    status: Literal["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+    progress: float
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class JobError(BaseModel):
+    code: str = Field(examples=["INPUT_DECODE_FAILED"])
+    message: str
+    step: str | None = None
+
+
+class JobView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+    version: str | None
+    priority: int
+    progress: float
+    steps: list[JobStep]
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    metadata: dict[str, Any] | None
+    result: Any = Field(None, description="COMPLETED jobs (null if large: see links.result)")
+    error: JobError | None = Field(None, description="FAILED and CANCELLED jobs")
+    history: list[dict[str, Any]]
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int
+    at: str
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+
+
+class Delivery(BaseModel):
+    id: str = Field(description="The webhook-id header: the same on every retry.")
+    event: str
+    url: str
+    status: Literal["PENDING", "DELIVERED", "FAILED"]
+    created_at: str
+    next_attempt_at: str | None
+    attempts: list[DeliveryAttempt]
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[Delivery]
+
+
+class BatchCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    pending: int
+    cancelled: int
+
+
+class BatchView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"]
+    counts: BatchCounts
+    progress: float
+    created_at: str
+    finished_at: str | None
+    links: dict[str, str]
+
+
+class PipelineList(BaseModel):
+    pipelines: list[dict[str, Any]]

@@ -86,11 +86,11 @@ def parse_predict_json(body: Any, served: ServedVersion) -> tuple[dict[str, Arra
             f"the request has {len(instances)} instances; "
             f"model '{served.model}' accepts at most {limit} per request"
         )
-    options = _parse_parameters(body.get("parameters"))
+    options = parse_parameters(body.get("parameters"))
     return instances_to_tensors(instances, served.inputs), options
 
 
-def _parse_parameters(raw: Any) -> PredictOptions:
+def parse_parameters(raw: Any) -> PredictOptions:
     if raw is None:
         return PredictOptions()
     if not isinstance(raw, dict):

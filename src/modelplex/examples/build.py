@@ -15,7 +15,7 @@ from modelplex.errors import ModelplexError
 
 log = logging.getLogger(__name__)
 
-BUILD_ID = "v2"
+BUILD_ID = "v3"
 """Bump when what the builders write changes, so caches are rebuilt."""
 
 _COMPLETE = ".complete"
@@ -62,6 +62,8 @@ def _build(target: Path) -> None:
 
 
 def _builders() -> dict[str, Callable[[Path], None]]:
+    from modelplex.examples import album_tagging
+
     try:
         from modelplex.examples import digits, image_classifier
     except ImportError as exc:
@@ -73,4 +75,7 @@ def _builders() -> dict[str, Callable[[Path], None]]:
         "image-classifier": image_classifier.build,
         "efficientnet-lite0": image_classifier.build_bare_network,
         "digits": digits.build,
+        "album-tagging": lambda folder: album_tagging.build(
+            folder, (folder.parent / "image-classifier" / "labels.txt").read_text().splitlines()
+        ),
     }

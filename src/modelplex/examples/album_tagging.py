@@ -1,0 +1,245 @@
+"""`album-tagging`: tag a set of photos and summarise the album.
+
+Steps (declared in the pipeline's `pipeline.toml`, see `build`):
+
+1. `decode`: read the images (base64 strings, `{"name", "b64"}` objects, or a
+   zip archive upload), refuse any that is not a JPEG, PNG or WebP image
+   (INPUT_DECODE_FAILED names the file), and pre-process each the way
+   EfficientNet-Lite expects.
+2. `features`: per image a perceptual hash (dHash), brightness and dominant
+   colour; near-identical photos are grouped as duplicates.
+3. `classify`: the `efficientnet-lite0` model from the repository, in batches.
+4. `summarize`: each image's top labels, and the album's top tags.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelplex.core.model_config import ImagePreprocessing
+from modelplex.core.preprocessing import ImagePreprocessor
+from modelplex.core.tensors import Array
+from modelplex.errors import InvalidInput
+from modelplex.jobs.pipelines import StepContext, StepError
+
+MAX_IMAGES = 1000
+MAX_IMAGE_PIXELS = 40_000_000
+THUMB = 9  # dHash compares 9x8 neighbours
+DUPLICATE_BITS = 6  # hashes this close (of 64 bits) count as the same photo
+TOP_LABELS = 5
+
+PREPROCESSING = ImagePreprocessing(
+    input="image", output="input", size=224, crop_fraction=0.875, mean=127.0, std=128.0
+)
+
+PIPELINE_TOML = """\
+description = "Tag an album of photos: per-image labels, top tags, duplicates"
+max_attempts = 2
+
+[[steps]]
+name = "decode"
+function = "decode"
+timeout_s = 600
+
+[[steps]]
+name = "features"
+function = "features"
+timeout_s = 300
+
+[[steps]]
+name = "classify"
+model = "efficientnet-lite0"
+input = "input"
+output = "scores"
+batch_size = 16
+timeout_s = 600
+retry = { max_attempts = 2, backoff_s = 1.0 }
+
+[[steps]]
+name = "summarize"
+function = "summarize"
+timeout_s = 60
+"""
+
+STEPS_PY = '''\
+"""album-tagging's steps: the implementation ships with modelplex."""
+
+from pathlib import Path
+
+from modelplex.examples import album_tagging
+
+decode = album_tagging.decode
+features = album_tagging.features
+summarize = album_tagging.summarizer(Path(__file__).with_name("labels.txt"))
+'''
+
+
+def build(folder: Path, labels: list[str]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "pipeline.toml").write_text(PIPELINE_TOML)
+    (folder / "steps.py").write_text(STEPS_PY)
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+
+
+def _files(ctx: StepContext, data: Any) -> list[tuple[str, bytes]]:
+    if not isinstance(data, dict):
+        raise StepError("INVALID_INPUT", "input must be an object with 'images' or an archive")
+    if "archive_ref" in data:
+        return _unzip(
+            ctx.read_blob(str(data["archive_ref"])), str(data.get("filename") or "upload")
+        )
+    images = data.get("images")
+    if not isinstance(images, list) or not images:
+        raise StepError("INVALID_INPUT", "'images' must be a non-empty list")
+    if len(images) > MAX_IMAGES:
+        raise StepError("INVALID_INPUT", f"at most {MAX_IMAGES} images per album")
+    files = []
+    for i, item in enumerate(images):
+        name, text = (item.get("name"), item.get("b64")) if isinstance(item, dict) else (None, item)
+        name = str(name or f"images[{i}]")
+        if not isinstance(text, str):
+            raise StepError("INPUT_DECODE_FAILED", f"'{name}' is not a base64 string")
+        try:
+            files.append((name, base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError):
+            raise StepError("INPUT_DECODE_FAILED", f"'{name}' is not valid base64") from None
+    return files
+
+
+def _unzip(archive: bytes, filename: str) -> list[tuple[str, bytes]]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+            members = [m for m in zipped.infolist() if not m.is_dir() and not _hidden(m.filename)]
+            if len(members) > MAX_IMAGES:
+                raise StepError("INVALID_INPUT", f"at most {MAX_IMAGES} images per album")
+            if sum(m.file_size for m in members) > 2 * 1024**3:
+                raise StepError("INVALID_INPUT", "the archive expands to more than 2 GiB")
+            return [(m.filename, zipped.read(m)) for m in sorted(members, key=lambda m: m.filename)]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
+        raise StepError(
+            "INPUT_DECODE_FAILED", f"'{filename}' is not a readable zip archive"
+        ) from exc
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.split("/"))
+
+
+def decode(ctx: StepContext, data: Any) -> dict[str, Any]:
+    files = _files(ctx, data)
+    if not files:
+        raise StepError("INVALID_INPUT", "the album has no images")
+    preprocessor = ImagePreprocessor(PREPROCESSING, MAX_IMAGE_PIXELS)
+    pixels = np.empty((len(files), 3, 224, 224), dtype=np.float32)
+    thumbs = np.empty((len(files), THUMB - 1, THUMB), dtype=np.float32)
+    colours = np.empty((len(files), 3), dtype=np.float32)
+    for i, (name, content) in enumerate(files):
+        ctx.check_cancelled()
+        one = np.empty(1, dtype=object)
+        one[0] = content
+        try:
+            tensor = preprocessor({"image": one}).inputs["input"][0]
+        except InvalidInput:
+            raise StepError(
+                "INPUT_DECODE_FAILED", f"'{name}' is not a decodable JPEG, PNG or WebP image"
+            ) from None
+        pixels[i] = tensor
+        rgb = tensor * PREPROCESSING.std + PREPROCESSING.mean  # back to 0..255 for features
+        colours[i] = rgb.reshape(3, -1).mean(axis=1)
+        grey = rgb.mean(axis=0)
+        thumbs[i] = _shrink(grey, THUMB - 1, THUMB)
+        ctx.progress((i + 1) / len(files))
+    return {
+        "names": [name for name, _ in files],
+        "input": pixels,
+        "thumbs": thumbs,
+        "colours": colours,
+    }
+
+
+def _shrink(image: Array, rows: int, cols: int) -> Array:
+    """Block means: a cheap, deterministic downscale for hashing."""
+    h, w = image.shape
+    ys = np.linspace(0, h, rows + 1).astype(int)
+    xs = np.linspace(0, w, cols + 1).astype(int)
+    return np.array(
+        [
+            [image[ys[r] : ys[r + 1], xs[c] : xs[c + 1]].mean() for c in range(cols)]
+            for r in range(rows)
+        ]
+    )
+
+
+def features(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    thumbs: Array = data["thumbs"]
+    bits = thumbs[:, :, 1:] > thumbs[:, :, :-1]  # dHash: is each pixel brighter than its left?
+    hashes = np.packbits(bits.reshape(len(bits), -1), axis=1)
+    groups: list[list[int]] = []
+    assigned: dict[int, int] = {}
+    for i in range(len(hashes)):
+        ctx.check_cancelled()
+        for j in range(i):
+            distance = int(np.unpackbits(hashes[i] ^ hashes[j]).sum())
+            if distance <= DUPLICATE_BITS:
+                group = assigned.setdefault(j, len(groups))
+                if group == len(groups):
+                    groups.append([j])
+                groups[group].append(i)
+                assigned[i] = group
+                break
+        ctx.progress((i + 1) / len(hashes))
+    brightness = data["colours"].mean(axis=1) / 255.0
+    return {
+        **data,
+        "hashes": [h.tobytes().hex() for h in hashes],
+        "brightness": brightness,
+        "duplicates": groups,
+    }
+
+
+def summarizer(labels_path: Path) -> Any:
+    labels = labels_path.read_text().splitlines()
+
+    def summarize(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+        scores: Array = data["scores"]["probabilities"]
+        names: list[str] = data["names"]
+        images = []
+        tags: Counter[str] = Counter()
+        for i, name in enumerate(names):
+            best = np.argsort(-scores[i])[:TOP_LABELS]
+            top = [
+                {
+                    "label": labels[c],
+                    "class_id": int(c),
+                    "confidence": round(float(scores[i, c]), 5),
+                }
+                for c in best
+            ]
+            tags[top[0]["label"]] += 1
+            images.append(
+                {
+                    "name": name,
+                    "labels": top,
+                    "brightness": round(float(data["brightness"][i]), 4),
+                    "dhash": data["hashes"][i],
+                }
+            )
+        return {
+            "images": images,
+            "summary": {
+                "images": len(names),
+                "top_tags": [{"label": t, "count": n} for t, n in tags.most_common(10)],
+                "duplicates": [[names[i] for i in group] for group in data["duplicates"]],
+                "mean_brightness": round(float(np.mean(data["brightness"])), 4),
+            },
+        }
+
+    return summarize

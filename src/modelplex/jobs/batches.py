@@ -1,0 +1,207 @@
+"""Batches: a JSONL file of inputs in, JSONL files of results and errors out.
+
+Each line is `{"custom_id": "...", "input": ...}` (for a model, `input` is one
+instance; for a pipeline, its input object). Lines are grouped into chunks of
+`batch_chunk_size`, each chunk one job: workers process chunks like any job
+(leases, retries, resumption after a crash), and a chunk's lines share model
+calls. A line that is not valid JSON, or lacks a `custom_id`, fails alone at
+submission; a line the model refuses fails alone when its chunk runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from modelplex.core.instances import parse_parameters
+from modelplex.errors import BatchNotFound, InvalidInput, ModelNotReady
+from modelplex.jobs.ids import new_id
+from modelplex.jobs.models import Batch, JobKind, JobStatus, NewJob
+from modelplex.jobs.service import JobService, iso
+from modelplex.storage.jobstore import SqlJobStore
+
+MAX_CUSTOM_ID = 256
+_PAGE = 200
+
+
+class BatchService:
+    def __init__(self, store: SqlJobStore, jobs: JobService) -> None:
+        self.store = store
+        self.jobs = jobs
+
+    async def create(
+        self,
+        content: bytes,
+        *,
+        kind: JobKind,
+        target: str,
+        version: str | None = None,
+        options: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Batch:
+        settings = self.jobs.settings
+        if kind is JobKind.MODEL:
+            self.jobs.check_model(target, version, None)
+        else:
+            pipeline = self.jobs.pipelines.get(target)
+            if pipeline.config is None:
+                raise ModelNotReady(f"pipeline '{target}' is not ready: {pipeline.reason}")
+        if options is not None:
+            if kind is not JobKind.MODEL:
+                raise InvalidInput("options (top_k, outputs) apply to model batches only")
+            parse_parameters(options)
+        valid, invalid = parse_lines(content, settings.max_batch_lines)
+        if not valid and not invalid:
+            raise InvalidInput("the batch file has no lines")
+        size = settings.batch_chunk_size
+        chunks = [valid[i : i + size] for i in range(0, len(valid), size)]
+        batch_id = new_id("batch")
+        chunk_jobs = [
+            NewJob(
+                kind=JobKind.BATCH_CHUNK,
+                target=target,
+                version=version,
+                max_attempts=settings.job_max_attempts,
+                steps=["chunk"],
+                input={"target_kind": kind.value, "items": chunk, "options": options},
+                batch_id=batch_id,
+                chunk_index=index,
+            )
+            for index, chunk in enumerate(chunks)
+        ]
+        row = {
+            "id": batch_id,
+            "kind": kind.value,
+            "target": target,
+            "version": version,
+            "status": JobStatus.PROCESSING.value if chunks else JobStatus.COMPLETED.value,
+            "total": len(valid) + len(invalid),
+            "completed": 0,
+            "failed": len(invalid),
+            "chunks": len(chunks),
+            "chunks_done": 0,
+            "invalid_lines": invalid,
+            "batch_metadata": metadata,
+        }
+        return await self.store.create_batch(row, chunk_jobs)
+
+    async def get(self, batch_id: str) -> Batch:
+        batch = await self.store.get_batch(batch_id)
+        if batch is None:
+            raise BatchNotFound(f"batch '{batch_id}' does not exist")
+        return batch
+
+    async def cancel(self, batch_id: str) -> Batch:
+        await self.get(batch_id)
+        batch = await self.store.cancel_batch(batch_id)
+        if batch is None:
+            raise BatchNotFound(f"batch '{batch_id}' does not exist")
+        return batch
+
+    async def lines(self, batch_id: str, *, errors: bool) -> AsyncIterator[bytes]:
+        """The results (or errors) as JSONL, in input order within each chunk."""
+        batch = await self.get(batch_id)
+        if errors:
+            for line in batch.invalid_lines:
+                yield orjson.dumps(line) + b"\n"
+        after = -1
+        while True:
+            chunks = await self.store.batch_chunks(batch_id, after, _PAGE)
+            if not chunks:
+                return
+            for chunk in chunks:
+                after = chunk.chunk_index if chunk.chunk_index is not None else after
+                for item in await self._chunk_lines(chunk.id, chunk.status, chunk):
+                    if ("error" in item) == errors:
+                        yield orjson.dumps(item) + b"\n"
+
+    async def _chunk_lines(
+        self, chunk_id: str, status: JobStatus, chunk: Any
+    ) -> list[dict[str, Any]]:
+        if status is JobStatus.COMPLETED:
+            result = await self.jobs.result(chunk_id)
+            items: list[dict[str, Any]] = result["items"]
+            return items
+        if status is JobStatus.FAILED:
+            error = chunk.error or {"code": "INTERNAL", "message": "the chunk failed"}
+            return [
+                {"custom_id": item["custom_id"], "error": error}
+                for item in (await self._chunk_input(chunk))["items"]
+            ]
+        return []  # still running, or cancelled: nothing to report for its lines
+
+    async def _chunk_input(self, chunk: Any) -> dict[str, Any]:
+        if chunk.input_ref is None:
+            data: dict[str, Any] = chunk.input
+            return data
+        loaded: dict[str, Any] = orjson.loads(await self.jobs.blobs.get(chunk.input_ref))
+        return loaded
+
+
+def parse_lines(
+    content: bytes, max_lines: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Valid items, and the lines refused with their error (line numbers from 1)."""
+    valid: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if number > max_lines:
+            raise InvalidInput(f"the batch file has more than {max_lines} lines")
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            invalid.append(_refused(number, None, f"not valid JSON: {exc}"))
+            continue
+        custom_id = line.get("custom_id") if isinstance(line, dict) else None
+        if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
+            invalid.append(_refused(number, None, "each line needs a string custom_id"))
+            continue
+        if custom_id in seen:
+            invalid.append(_refused(number, custom_id, "custom_id is not unique in the file"))
+            continue
+        seen.add(custom_id)
+        if "input" not in line or set(line) - {"custom_id", "input"}:
+            invalid.append(_refused(number, custom_id, "a line holds custom_id and input only"))
+            continue
+        valid.append({"custom_id": custom_id, "input": line["input"]})
+    return valid, invalid
+
+
+def _refused(line: int, custom_id: str | None, message: str) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "line": line,
+        "error": {"code": "INVALID_INPUT", "message": message},
+    }
+
+
+def batch_view(batch: Batch) -> dict[str, Any]:
+    finished = batch.completed + batch.failed
+    return {
+        "id": batch.id,
+        "status": batch.status.value,
+        batch.kind.value: batch.target,
+        "version": batch.version,
+        "counts": {
+            "total": batch.total,
+            "completed": batch.completed,
+            "failed": batch.failed,
+            "pending": max(0, batch.total - finished) if batch.finished_at is None else 0,
+            "cancelled": max(0, batch.total - finished) if batch.finished_at is not None else 0,
+        },
+        "progress": round(finished / batch.total, 4) if batch.total else 1.0,
+        "created_at": iso(batch.created_at),
+        "finished_at": iso(batch.finished_at),
+        "metadata": batch.metadata,
+        "links": {
+            "self": f"/v1/batches/{batch.id}",
+            "results": f"/v1/batches/{batch.id}/results",
+            "errors": f"/v1/batches/{batch.id}/errors",
+            "cancel": f"/v1/batches/{batch.id}/cancel",
+        },
+    }

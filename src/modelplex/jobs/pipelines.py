@@ -1,0 +1,248 @@
+"""Pipelines: named steps declared in the model repository.
+
+A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
+
+    album-tagging/
+      pipeline.toml
+      steps.py
+
+    description = "Tag an album of photos"
+    max_attempts = 2                 # job-level attempts (worker crashes, retryable errors)
+
+    [[steps]]
+    name = "decode"
+    function = "decode"              # a function in steps.py: f(ctx, data) -> data
+    timeout_s = 120
+    retry = { max_attempts = 2, backoff_s = 0.5 }
+
+    [[steps]]
+    name = "classify"
+    model = "efficientnet-lite0"     # a model from the repository
+    input = "pixels"                 # data key holding its input tensor (default: its input name)
+    output = "scores"                # data key for its outputs (default: the step name)
+    batch_size = 32
+
+Each step receives the previous step's `data` (the first step, the job's input)
+and returns the next. A function may be sync (run on a thread) or async. Steps
+report progress and check for cancellation through `StepContext`, and signal
+failures with `StepError(code, message)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelplex.core.tensors import Array
+from modelplex.errors import ModelplexError, PipelineNotFound
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.toml"
+STEPS_FILE = "steps.py"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StepError(Exception):
+    """A step's failure with a stable code (e.g. INPUT_DECODE_FAILED) for the job's error."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class JobCancelled(Exception):
+    """Raised by `StepContext.check_cancelled` when the job was cancelled."""
+
+
+class StepContext(Protocol):
+    """What a step sees of the job it runs in."""
+
+    job_id: str
+    step: str
+
+    def progress(self, fraction: float) -> None:
+        """Report this step's progress (0..1); written to the job at most a few times a second."""
+        ...
+
+    def cancelled(self) -> bool: ...
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled (call between units of work)."""
+        ...
+
+    def infer(
+        self, model: str, inputs: dict[str, Array], version: str | None = None
+    ) -> dict[str, Array]:
+        """Run a repository model (with its batching) from a sync step."""
+        ...
+
+    def read_blob(self, ref: str) -> bytes:
+        """Bytes of an uploaded input (e.g. a zip archive) from a sync step."""
+        ...
+
+
+StepFunction = Callable[[StepContext, Any], Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepRetry(_Strict):
+    max_attempts: int = Field(default=1, ge=1, le=20)
+    backoff_s: float = Field(default=1.0, ge=0, le=600)
+
+
+class StepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    function: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    model: str | None = None
+    version: str | None = None
+    input: str | None = None
+    output: str | None = None
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    timeout_s: float = Field(default=300, gt=0)
+    retry: StepRetry = StepRetry()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepConfig:
+        if (self.function is None) == (self.model is None):
+            raise ValueError(f"step '{self.name}' needs exactly one of 'function' or 'model'")
+        return self
+
+
+class PipelineConfig(_Strict):
+    description: str = ""
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    steps: list[StepConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PipelineConfig:
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError("step names must be unique")
+        return self
+
+
+class PipelineState(StrEnum):
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@dataclass
+class Pipeline:
+    name: str
+    path: Path
+    state: PipelineState
+    config: PipelineConfig | None = None
+    functions: dict[str, StepFunction] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.config.steps] if self.config else []
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "description": self.config.description if self.config else "",
+            "reason": self.reason,
+            "steps": [
+                {
+                    "name": s.name,
+                    "kind": "model" if s.model else "function",
+                    "model": s.model,
+                    "timeout_s": s.timeout_s,
+                    "max_attempts": s.retry.max_attempts,
+                }
+                for s in (self.config.steps if self.config else [])
+            ],
+        }
+
+
+class PipelineRegistry:
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self._pipelines: dict[str, Pipeline] = {}
+
+    def load_all(self) -> None:
+        if not self.repository.is_dir():
+            return
+        for folder in sorted(self.repository.iterdir()):
+            if folder.is_dir() and (folder / PIPELINE_FILE).is_file():
+                self._pipelines[folder.name] = self._load(folder)
+
+    def _load(self, folder: Path) -> Pipeline:
+        try:
+            if not _NAME.match(folder.name):
+                raise ModelplexError(f"'{folder.name}' is not a valid pipeline name")
+            config = _read_config(folder / PIPELINE_FILE)
+            wanted = [s.function for s in config.steps if s.function]
+            module = _import_steps(folder, folder.name) if wanted else None
+            functions: dict[str, StepFunction] = {}
+            for name in wanted:
+                function = getattr(module, name, None)
+                if not callable(function):
+                    raise ModelplexError(f"{STEPS_FILE} has no function {name}()")
+                functions[name] = function
+        except ModelplexError as exc:
+            log.error("pipeline %s failed to load: %s", folder.name, exc.message)
+            return Pipeline(folder.name, folder, PipelineState.FAILED, reason=exc.message)
+        log.info("pipeline %s: READY, steps %s", folder.name, [s.name for s in config.steps])
+        return Pipeline(folder.name, folder, PipelineState.READY, config, functions)
+
+    def all(self) -> list[Pipeline]:
+        return [self._pipelines[name] for name in sorted(self._pipelines)]
+
+    def get(self, name: str) -> Pipeline:
+        pipeline = self._pipelines.get(name)
+        if pipeline is None:
+            raise PipelineNotFound(f"pipeline '{name}' does not exist")
+        return pipeline
+
+
+def _read_config(path: Path) -> PipelineConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelplexError(f"{path.name} is not valid TOML: {exc}") from exc
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'pipeline'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelplexError(f"{path.name} is invalid: {problems}") from exc
+
+
+def _import_steps(folder: Path, name: str) -> ModuleType:
+    path = folder / STEPS_FILE
+    module_name = f"modelplex_pipeline_steps.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ModelplexError(f"{STEPS_FILE} not found")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        log.error("importing %s failed", path, exc_info=exc)
+        raise ModelplexError(
+            f"importing {STEPS_FILE} failed ({type(exc).__name__}; see the server log)"
+        ) from exc
+    sys.modules.pop(module_name, None)
+    return module

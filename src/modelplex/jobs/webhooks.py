@@ -1,0 +1,269 @@
+"""Webhooks: Standard Webhooks signatures, the SSRF guard, the retry policy and
+the dispatcher that delivers the outbox.
+
+Workers never send webhooks: a job's state change writes a delivery row in the
+same transaction, and a `Dispatcher` (in every `modelplex serve`, optionally in
+workers) claims due rows, POSTs them and records every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from modelplex.errors import InvalidInput, StoreUnavailable
+from modelplex.jobs.ids import new_id
+from modelplex.jobs.models import Delivery, DeliveryStatus
+from modelplex.storage.jobstore import SqlJobStore
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+
+
+# -- signing ------------------------------------------------------------------
+def parse_secret(secret: str) -> bytes:
+    """The key bytes of a `whsec_<base64>` secret."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("webhook secrets look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the webhook secret's base64 part is invalid") from None
+    if len(key) < 16:
+        raise ValueError("the webhook secret must hold at least 16 bytes")
+    return key
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The embedded default: a secret generated once and kept in the data directory
+    (the first process to create it wins; every process reads the same one)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(new_secret() + "\n")
+        partial.chmod(0o600)
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value (Standard Webhooks, v1 = HMAC-SHA256)."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
+    """What a receiver does: check the timestamp's freshness and any v1 signature."""
+    try:
+        message_id = headers["webhook-id"]
+        timestamp = int(headers["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    expected = sign(key, message_id, timestamp, body).split(",", 1)[1]
+    for candidate in headers.get("webhook-signature", "").split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return True
+    return False
+
+
+# -- SSRF guard ---------------------------------------------------------------
+def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+async def check_callback_url(url: str, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s), or whose host resolves to loopback,
+    link-local or private ranges (unless `allow_private`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("callback_url must be an absolute http or https URL")
+    if len(url) > 2048:
+        raise InvalidInput("callback_url is longer than 2048 characters")
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+            type=socket.SOCK_STREAM,
+        )  # fmt: skip
+    except socket.gaierror:
+        raise InvalidInput(f"callback_url host '{parts.hostname}' does not resolve") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if _forbidden(address):
+            raise InvalidInput(
+                f"callback_url host '{parts.hostname}' resolves to {address}, a loopback, "
+                "link-local or private address (set MODELPLEX_WEBHOOK_ALLOW_PRIVATE=true "
+                "to allow)"
+            )
+
+
+# -- retry policy -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeliveryDecision:
+    status: DeliveryStatus
+    next_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """Retry on timeouts, connection errors, 429 and 5xx with exponential backoff,
+    up to `max_attempts`; any other answer is final."""
+
+    max_attempts: int = 8
+    base_s: float = 2.0
+    cap_s: float = 3600.0
+
+    @staticmethod
+    def retryable(status_code: int | None) -> bool:
+        return status_code is None or status_code == 429 or status_code >= 500
+
+    def decide(self, attempts: int, status_code: int | None, now: float) -> DeliveryDecision:
+        if status_code is not None and 200 <= status_code < 300:
+            return DeliveryDecision(DeliveryStatus.DELIVERED, now)
+        if not self.retryable(status_code) or attempts >= self.max_attempts:
+            return DeliveryDecision(DeliveryStatus.FAILED, now)
+        delay = min(self.cap_s, self.base_s * 2 ** (attempts - 1))
+        return DeliveryDecision(DeliveryStatus.PENDING, now + delay)
+
+
+# -- dispatcher ---------------------------------------------------------------
+class Dispatcher:
+    """Claims due deliveries, sends them concurrently, records each attempt."""
+
+    def __init__(
+        self,
+        store: SqlJobStore,
+        secret: str,
+        policy: DeliveryPolicy,
+        *,
+        timeout_s: float,
+        allow_private: bool,
+        concurrency: int = 16,
+        poll_s: float = 0.25,
+    ) -> None:
+        self._store = store
+        self._key = parse_secret(secret)
+        self._policy = policy
+        self._timeout_s = timeout_s
+        self._allow_private = allow_private
+        self._concurrency = concurrency
+        self._poll_s = poll_s
+        self._owner = new_id("dispatcher")
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New deliveries were written: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
+            while not stop.is_set():
+                try:
+                    due = await self._store.claim_deliveries(
+                        self._owner, self._concurrency, lease_s=self._timeout_s * 3
+                    )
+                except StoreUnavailable as exc:
+                    log.warning("webhook dispatcher: %s", exc)
+                    due = []
+                if due:
+                    await asyncio.gather(*(self._deliver(http, d) for d in due))
+                    continue
+                self._wake.clear()
+                waiters = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self._wake.wait()),
+                ]
+                await asyncio.wait(
+                    waiters, timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+
+    async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery) -> None:
+        body = orjson.dumps(delivery.payload)
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "modelplex-webhooks",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self._key, delivery.id, timestamp, body),
+        }
+        started = time.time()
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            await check_callback_url(delivery.url, self._allow_private)  # DNS may have changed
+            response = await http.post(delivery.url, content=body, headers=headers)
+            status_code = response.status_code
+        except InvalidInput as exc:
+            error = exc.message
+            status_code = 0  # refused by the guard: final, not retried
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        attempt = {
+            "attempt": len(delivery.attempts) + 1,
+            "at": started,
+            "duration_ms": round((time.time() - started) * 1000, 1),
+            "status_code": status_code or None,
+            "error": error,
+        }
+        attempts = [*delivery.attempts, attempt]
+        decision = self._policy.decide(len(attempts), status_code, time.time())
+        try:
+            await self._store.record_delivery(
+                delivery.id, self._owner, attempts, decision.status, decision.next_attempt_at
+            )
+        except StoreUnavailable as exc:  # the lease expires and the delivery is retried
+            log.warning("could not record webhook attempt %s: %s", delivery.id, exc)
+
+
+def event_payload(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The body every webhook carries (Standard Webhooks' recommended shape)."""
+    return {
+        "type": event,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": data,
+    }

@@ -1,0 +1,1 @@
+"""Storage behind one interface: the job store (jobs, webhook deliveries, batches) and blobs."""

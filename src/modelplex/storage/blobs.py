@@ -1,0 +1,67 @@
+"""Blob storage for job inputs and results too large for a database row.
+
+The row keeps a reference (`local:<key>`); the interface is small enough for an
+S3-compatible implementation beside the local one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+from modelplex.errors import BlobNotFound
+from modelplex.jobs.ids import new_id
+
+
+class BlobStore(Protocol):
+    async def put(self, data: bytes) -> str:
+        """Store `data`; return its reference."""
+        ...
+
+    async def get(self, ref: str) -> bytes: ...
+
+    async def delete(self, ref: str) -> None: ...
+
+
+class LocalBlobStore:
+    """Files under one directory (shared storage if workers run on other hosts)."""
+
+    PREFIX = "local:"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, ref: str) -> Path:
+        if not ref.startswith(self.PREFIX):
+            raise BlobNotFound(f"not a local blob reference: {ref}")
+        key = ref[len(self.PREFIX) :]
+        if not key or "/" in key or key.startswith("."):
+            raise BlobNotFound(f"invalid blob reference: {ref}")
+        return self.root / key[-2:] / key
+
+    async def put(self, data: bytes) -> str:
+        ref = self.PREFIX + new_id("blob")
+        await asyncio.to_thread(self._write, self._path(ref), data)
+        return ref
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # readers never see half a blob
+
+    async def get(self, ref: str) -> bytes:
+        path = self._path(ref)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {ref} not found") from None
+
+    async def delete(self, ref: str) -> None:
+        path = self._path(ref)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(path.unlink)

@@ -1,0 +1,280 @@
+"""Job tests run against SQLite and PostgreSQL: the same tests, both databases.
+
+PostgreSQL is the local server (127.0.0.1:5432, trust auth); each session
+creates its own database. Set MODELPLEX_TEST_POSTGRES_URL to use another server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import text
+
+from modelplex.server import RunningServer, start
+from modelplex.settings import Settings
+from modelplex.storage.database import create_engine, migrate
+from modelplex.storage.jobstore import SqlJobStore
+from tests.conftest import settings_for, wait_ready
+from tests.helpers import copy_model, write_python_model
+from tests.jobs.harness import TEST_SECRET, WorkerProcess
+
+PG_ADMIN = os.environ.get(
+    "MODELPLEX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_DATABASE = f"modelplex_test_{os.getpid()}"
+TABLES = ("webhook_deliveries", "jobs", "batches")
+
+
+async def _recreate_pg_database() -> str:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{PG_DATABASE}"
+
+
+async def _drop_pg_database() -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = asyncio.run(_recreate_pg_database())
+    asyncio.run(_migrate(url))
+    yield url
+    asyncio.run(_drop_pg_database())
+
+
+async def _migrate(url: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _truncate(url: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            if url.startswith("sqlite"):
+                for table in TABLES:
+                    await conn.execute(text(f"DELETE FROM {table}"))
+            else:
+                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty job database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+        asyncio.run(_migrate(url))
+        return url
+    url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlJobStore]:
+    engine = create_engine(database_url)
+    try:
+        yield SqlJobStore(engine)
+    finally:
+        await engine.dispose()
+
+
+STEPS_PY = '''
+import time
+from pathlib import Path
+
+from modelplex.jobs.pipelines import StepError
+
+
+def slow(ctx, data):
+    """Sleeps in small slices, reporting progress and honouring cancellation."""
+    slices = int(data.get("slices", 10))
+    for i in range(slices):
+        ctx.check_cancelled()
+        time.sleep(float(data.get("slice_s", 0.05)))
+        ctx.progress((i + 1) / slices)
+    return {**data, "slept": slices}
+
+
+def finish(ctx, data):
+    return {"done": True, "slept": data["slept"], "echo": data.get("echo")}
+
+
+def flaky(ctx, data):
+    """Fails until a marker file has been touched `failures` times."""
+    marker = Path(data["marker"])
+    count = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(count + 1))
+    if count < int(data.get("failures", 1)):
+        raise RuntimeError("transient failure")
+    return {"attempts_seen": count + 1}
+
+
+def refuse(ctx, data):
+    raise StepError("INPUT_DECODE_FAILED", "'photo.jpg' is not an image")
+
+
+def to_pixels(ctx, data):
+    import numpy as np
+    return {"x": np.asarray(data["rows"], dtype=np.float32)}
+
+
+def render(ctx, data):
+    return {"y": data["doubled"]["y"].tolist()}
+'''
+
+PIPELINES = {
+    "slow-steps": """
+        [[steps]]
+        name = "slow"
+        function = "slow"
+        [[steps]]
+        name = "finish"
+        function = "finish"
+    """,
+    "flaky": """
+        [[steps]]
+        name = "flaky"
+        function = "flaky"
+        retry = { max_attempts = 3, backoff_s = 0.01 }
+    """,
+    "flaky-once": """
+        max_attempts = 3
+        [[steps]]
+        name = "flaky"
+        function = "flaky"
+    """,
+    "refuses": """
+        [[steps]]
+        name = "refuse"
+        function = "refuse"
+    """,
+    "model-step": """
+        [[steps]]
+        name = "prepare"
+        function = "to_pixels"
+        [[steps]]
+        name = "double"
+        model = "doubler"
+        output = "doubled"
+        batch_size = 2
+        [[steps]]
+        name = "render"
+        function = "render"
+    """,
+}
+
+
+def build_jobs_repo(repo: Path, example_repo: Path) -> None:
+    for model in ("digits", "image-classifier", "efficientnet-lite0", "album-tagging"):
+        copy_model(example_repo, model, repo)
+    write_python_model(repo, "doubler", batching="[batching]\nmax_batch_size = 8\n")
+    write_python_model(repo, "sleepy", delay_ms=4000, timeout_ms=60_000)
+    for name, toml in PIPELINES.items():
+        folder = repo / name
+        folder.mkdir()
+        (folder / "pipeline.toml").write_text(textwrap.dedent(toml))
+        (folder / "steps.py").write_text(STEPS_PY)
+
+
+@pytest.fixture(scope="session")
+def jobs_repo(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("jobs-repo")
+    build_jobs_repo(repo, example_repo)
+    return repo
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class JobsEnv:
+    settings: Settings
+    repository: Path
+    database_url: str
+    server: RunningServer
+    client: httpx.Client
+    workers: list[WorkerProcess]
+
+    def spawn_worker(self) -> WorkerProcess:
+        worker = WorkerProcess(self.settings, self.repository, self.database_url)
+        self.workers.append(worker)
+        return worker
+
+
+def job_settings(tmp: Path, database_url: str, **overrides: Any) -> Settings:
+    """Fast, test-sized timing: leases, polls, retries and webhook backoff in tenths of seconds."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "webhook_allow_private": True,
+        "webhook_secret": TEST_SECRET,
+        "job_lease_s": 2.0,
+        "job_poll_s": 0.05,
+        "job_retry_base_s": 0.05,
+        "job_retry_cap_s": 0.2,
+        "webhook_retry_base_s": 0.05,
+        "webhook_max_attempts": 3,
+        "webhook_timeout_s": 2.0,
+        "worker_concurrency": 2,
+        "blob_threshold_bytes": 8192,
+        "batch_chunk_size": 3,
+        "job_drain_s": 10.0,
+        **overrides,
+    }
+    return settings_for(tmp, **values)
+
+
+def fresh_database(request: pytest.FixtureRequest, kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp / 'jobs.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def jobs_env(
+    request: pytest.FixtureRequest, jobs_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JobsEnv]:
+    """A server (API, dispatcher) and one `modelplex worker` process on each database."""
+    tmp = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    url = fresh_database(request, request.param, tmp)
+    settings = job_settings(tmp, url)
+    with (
+        start(settings, jobs_repo) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        env = JobsEnv(settings, jobs_repo, url, server, client, [])
+        env.spawn_worker()
+        try:
+            wait_ready(client)
+            yield env
+        finally:
+            for worker in env.workers:
+                worker.terminate()

@@ -1,0 +1,425 @@
+"""The jobs API end to end: real HTTP, a real worker process, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sklearn.datasets import load_digits
+
+from tests.jobs.conftest import JobsEnv
+from tests.jobs.harness import receiver, wait_for, wait_job
+
+DIGITS = load_digits(return_X_y=True)[0]
+
+
+def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def test_model_job_lifecycle(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    body = {"instances": DIGITS[1500:1503].tolist()}
+    response = submit(client, {"model": "digits", "input": body, "metadata": {"ticket": 7}})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "QUEUED"
+    assert job["steps"] == [
+        {"name": "inference", "status": "PENDING", "progress": 0.0, "started_at": None,
+         "finished_at": None}
+    ]  # fmt: skip
+    done = wait_job(client, job["id"])
+    assert done["status"] == "COMPLETED"
+    assert done["attempts"] == 1
+    assert done["metadata"] == {"ticket": 7}
+    assert done["steps"][0]["status"] == "COMPLETED"
+    assert done["history"][0]["worker"]
+    sync = client.post("/v1/models/digits/predict", json=body).json()
+    assert done["result"]["predictions"] == sync["predictions"]
+    assert client.get(f"/v1/jobs/{job['id']}/result").json() == done["result"]
+    assert "Retry-After" not in client.get(f"/v1/jobs/{job['id']}").headers
+
+
+def test_unfinished_job_says_when_to_poll(jobs_env: JobsEnv) -> None:
+    response = submit(jobs_env.client, {"pipeline": "slow-steps", "input": {"slices": 10}})
+    job = jobs_env.client.get(response.headers["Location"])
+    assert job.headers["Retry-After"] == "1"
+    result = jobs_env.client.get(f"/v1/jobs/{response.json()['id']}/result")
+    assert result.status_code == 409
+    assert result.json()["code"] == "JOB_NOT_FINISHED"
+    wait_job(jobs_env.client, response.json()["id"])
+
+
+def test_idempotency_key(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    body = {"model": "digits", "input": {"instance": DIGITS[0].tolist()}}
+    first = submit(client, body, **{"Idempotency-Key": "order-17"})
+    again = submit(client, body, **{"Idempotency-Key": "order-17"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    different = submit(client, {**body, "priority": 5}, **{"Idempotency-Key": "order-17"})
+    assert different.status_code == 409
+    assert different.json()["code"] == "IDEMPOTENCY_CONFLICT"
+    other = submit(client, body, **{"Idempotency-Key": "order-18"})
+    assert other.json()["id"] != first.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "nope", "input": {}}, 404, "MODEL_NOT_FOUND"),
+        ({"pipeline": "nope", "input": {}}, 404, "PIPELINE_NOT_FOUND"),
+        (
+            {"model": "digits", "version": "9", "input": {"instance": [0] * 64}},
+            404,
+            "VERSION_NOT_FOUND",
+        ),
+        ({"model": "digits", "input": {"instance": [1, 2]}}, 422, "INVALID_INPUT"),
+        ({"model": "digits", "pipeline": "x", "input": {}}, 422, "INVALID_INPUT"),
+        ({"model": "digits"}, 422, "INVALID_INPUT"),
+        ({"model": "digits", "input": {"instance": [0] * 64}, "extra": 1}, 422, "INVALID_INPUT"),
+        (
+            {"model": "digits", "input": {"instance": [0] * 64}, "priority": 1000},
+            422,
+            "INVALID_INPUT",
+        ),
+        ({"pipeline": "slow-steps", "input": [1]}, 422, "INVALID_INPUT"),
+        (
+            {"pipeline": "slow-steps", "input": {}, "callback_url": "ftp://x/y"},
+            422,
+            "INVALID_INPUT",
+        ),
+        (
+            {"pipeline": "slow-steps", "input": {}, "callback_events": ["job.step"]},
+            422,
+            "INVALID_INPUT",
+        ),
+    ],
+)
+def test_submission_is_validated(
+    jobs_env: JobsEnv, body: dict[str, Any], status: int, code: str
+) -> None:
+    response = submit(jobs_env.client, body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == code
+
+
+def test_unknown_job_and_bad_list_queries(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    assert client.get("/v1/jobs/job_nope").json()["code"] == "JOB_NOT_FOUND"
+    assert client.post("/v1/jobs/job_nope/cancel").status_code == 404
+    assert client.get("/v1/jobs?status=DONE").json()["code"] == "INVALID_INPUT"
+    assert client.get("/v1/jobs?limit=0").status_code == 422
+
+
+def test_list_is_paginated_newest_first(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    ids = [
+        submit(client, {"model": "digits", "input": {"instance": DIGITS[i].tolist()}}).json()["id"]
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, Any] = {"model": "digits", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[:5] == list(reversed(ids))
+    assert len(seen) == len(set(seen))
+
+
+def test_cancel_queued_at_once_and_running_at_a_step_boundary(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    slow = {"pipeline": "slow-steps", "input": {"slices": 40, "slice_s": 0.1}}
+    running = [submit(client, slow).json()["id"] for _ in range(2)]  # fills concurrency 2
+    wait_for(
+        lambda: all(client.get(f"/v1/jobs/{j}").json()["status"] == "PROCESSING" for j in running)
+    )
+    queued = submit(client, slow).json()["id"]
+    cancelled = client.post(f"/v1/jobs/{queued}/cancel").json()
+    assert cancelled["status"] == "CANCELLED"
+    assert cancelled["error"]["code"] == "CANCELLED"
+    flagged = client.post(f"/v1/jobs/{running[0]}/cancel").json()
+    assert flagged["status"] == "PROCESSING"
+    assert flagged["cancel_requested"] is True
+    stopped = wait_job(client, running[0])
+    assert stopped["status"] == "CANCELLED"
+    assert [s["status"] for s in stopped["steps"]] == ["CANCELLED", "PENDING"]
+    assert wait_job(client, running[1])["status"] == "COMPLETED"
+
+
+def test_pipeline_progress_is_visible_while_it_runs(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    job_id = submit(
+        client, {"pipeline": "slow-steps", "input": {"slices": 30, "slice_s": 0.1}}
+    ).json()["id"]
+
+    def midway() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        step = job["steps"][0]
+        return job if step["status"] == "RUNNING" and 0 < step["progress"] < 1 else None
+
+    job = wait_for(midway)
+    assert 0 < job["progress"] < 0.5
+    assert job["steps"][0]["started_at"] is not None
+    done = wait_job(client, job_id)
+    assert done["result"] == {"done": True, "slept": 30, "echo": None}
+    assert done["progress"] == 1.0
+
+
+def test_step_retry_policy(jobs_env: JobsEnv, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    body = {"pipeline": "flaky", "input": {"marker": str(marker), "failures": 2}}
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["status"] == "COMPLETED"
+    assert done["result"] == {"attempts_seen": 3}  # two step retries inside one job attempt
+    assert done["attempts"] == 1
+
+
+def test_job_retry_after_a_retryable_failure(jobs_env: JobsEnv, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    body = {"pipeline": "flaky-once", "input": {"marker": str(marker), "failures": 1}}
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["status"] == "COMPLETED"
+    assert done["attempts"] == 2
+    assert done["history"][0]["error"]["code"] == "STEP_FAILED"
+    assert "transient" not in str(done["history"])  # exception text stays in the worker log
+
+
+def test_failure_codes_name_the_step_and_are_not_retried(jobs_env: JobsEnv) -> None:
+    done = wait_job(
+        jobs_env.client, submit(jobs_env.client, {"pipeline": "refuses", "input": {}}).json()["id"]
+    )
+    assert done["status"] == "FAILED"
+    assert done["error"] == {
+        "code": "INPUT_DECODE_FAILED", "message": "'photo.jpg' is not an image", "step": "refuse",
+    }  # fmt: skip
+    assert done["attempts"] == 1
+    assert done["steps"][0]["status"] == "FAILED"
+
+
+def test_model_step_in_a_pipeline(jobs_env: JobsEnv) -> None:
+    body = {"pipeline": "model-step", "input": {"rows": [[1, 2], [3, 4], [5, 6]]}}
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["status"] == "COMPLETED", done
+    assert done["result"] == {"y": [[2, 4], [6, 8], [10, 12]]}
+
+
+def test_large_results_live_in_the_blob_store(jobs_env: JobsEnv) -> None:
+    body = {
+        "model": "digits",
+        "input": {"instances": DIGITS[:200].tolist(), "parameters": {"top_k": 5}},
+    }
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["result_in_blob"] is True
+    assert done["result"] is None
+    result = jobs_env.client.get(f"/v1/jobs/{done['id']}/result").json()
+    assert len(result["predictions"]) == 200
+
+
+def photos_as_b64(photos: dict[str, bytes]) -> list[dict[str, str]]:
+    return [{"name": n, "b64": base64.b64encode(d).decode()} for n, d in sorted(photos.items())]
+
+
+def test_album_tagging_pipeline(jobs_env: JobsEnv, photos: dict[str, bytes]) -> None:
+    images = photos_as_b64(photos) + photos_as_b64({"zz-again.jpg": photos["cat.jpg"]})
+    done = wait_job(
+        jobs_env.client,
+        submit(jobs_env.client, {"pipeline": "album-tagging", "input": {"images": images}}).json()[
+            "id"
+        ],
+    )
+    assert done["status"] == "COMPLETED", done.get("error")
+    assert [s["name"] for s in done["steps"]] == ["decode", "features", "classify", "summarize"]
+    result = jobs_env.client.get(f"/v1/jobs/{done['id']}/result").json()
+    top = {i["name"]: i["labels"][0]["class_id"] for i in result["images"]}
+    assert top["coffee.png"] == 967
+    assert top["tripod.webp"] == 872
+    assert top["cat.jpg"] in {281, 282, 285}
+    assert result["summary"]["images"] == 4
+    assert ["cat.jpg", "zz-again.jpg"] in result["summary"]["duplicates"]
+
+
+def test_album_tagging_zip_upload_and_a_bad_file(
+    jobs_env: JobsEnv, photos: dict[str, bytes]
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("album/coffee.png", photos["coffee.png"])
+        zipped.writestr("album/notes.jpg", b"these are not pixels")
+    response = jobs_env.client.post(
+        "/v1/jobs",
+        data={"pipeline": "album-tagging", "metadata": '{"album": "trip"}'},
+        files={"file": ("album.zip", archive.getvalue(), "application/zip")},
+    )
+    assert response.status_code == 202, response.text
+    done = wait_job(jobs_env.client, response.json()["id"])
+    assert done["status"] == "FAILED"
+    assert done["error"]["code"] == "INPUT_DECODE_FAILED"
+    assert "album/notes.jpg" in done["error"]["message"]
+    assert done["error"]["step"] == "decode"
+    assert done["metadata"] == {"album": "trip"}
+
+
+def test_batch_with_some_bad_lines(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    lines = [
+        orjson.dumps({"custom_id": f"row-{i}", "input": DIGITS[1500 + i].tolist()})
+        for i in range(5)
+    ]
+    lines += [
+        b"{this is not json",
+        orjson.dumps({"input": DIGITS[0].tolist()}),  # no custom_id
+        orjson.dumps({"custom_id": "short", "input": [1, 2, 3]}),  # the model refuses it
+        orjson.dumps({"custom_id": "row-0", "input": DIGITS[0].tolist()}),  # duplicate id
+    ]
+    response = client.post(
+        "/v1/batches",
+        data={"model": "digits", "options": '{"top_k": 2}'},
+        files={"file": ("rows.jsonl", b"\n".join(lines), "application/jsonl")},
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+    batch = wait_for(
+        lambda: (b := client.get(f"/v1/batches/{batch_id}").json())["finished_at"] and b
+    )
+    assert batch["status"] == "COMPLETED"
+    assert batch["counts"] == {
+        "total": 9,
+        "completed": 5,
+        "failed": 4,
+        "pending": 0,
+        "cancelled": 0,
+    }
+    assert batch["progress"] == 1.0
+    results = [
+        orjson.loads(x) for x in client.get(f"/v1/batches/{batch_id}/results").content.splitlines()
+    ]
+    assert sorted(r["custom_id"] for r in results) == [f"row-{i}" for i in range(5)]
+    sync = client.post(
+        "/v1/models/digits/predict", json={"instances": DIGITS[1500:1505].tolist()}
+    ).json()
+    by_id = {r["custom_id"]: r["output"] for r in results}
+    assert [by_id[f"row-{i}"]["class_id"] for i in range(5)] == [
+        p["class_id"] for p in sync["predictions"]
+    ]
+    assert len(by_id["row-0"]["top_k"]) == 2
+    errors = [
+        orjson.loads(x) for x in client.get(f"/v1/batches/{batch_id}/errors").content.splitlines()
+    ]
+    assert len(errors) == 4
+    assert {e["error"]["code"] for e in errors} == {"INVALID_INPUT"}
+    assert {e.get("line") for e in errors if "line" in e} == {6, 7, 9}
+    assert any(e["custom_id"] == "short" for e in errors)
+
+
+def test_batch_submission_errors(jobs_env: JobsEnv) -> None:
+    client = jobs_env.client
+    empty = client.post(
+        "/v1/batches?model=digits", content=b"\n\n", headers={"content-type": "application/jsonl"}
+    )
+    assert empty.json()["code"] == "INVALID_INPUT"
+    unknown = client.post(
+        "/v1/batches?model=nope",
+        content=b'{"custom_id":"a","input":1}',
+        headers={"content-type": "application/jsonl"},
+    )
+    assert unknown.json()["code"] == "MODEL_NOT_FOUND"
+    wrong_type = client.post("/v1/batches", content=b"x", headers={"content-type": "text/plain"})
+    assert wrong_type.json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert client.get("/v1/batches/batch_nope").json()["code"] == "BATCH_NOT_FOUND"
+
+
+def test_webhook_retried_until_it_succeeds(jobs_env: JobsEnv) -> None:
+    with receiver(plan=[500, 500, 200]) as hooks:
+        body = {
+            "model": "digits",
+            "input": {"instance": DIGITS[0].tolist()},
+            "callback_url": hooks.url,
+        }
+        job_id = submit(jobs_env.client, body).json()["id"]
+        assert wait_job(jobs_env.client, job_id)["status"] == "COMPLETED"
+        deliveries = wait_for(
+            lambda: (
+                (d := jobs_env.client.get(f"/v1/jobs/{job_id}/deliveries").json()["deliveries"])
+                and d[0]["status"] != "PENDING"
+                and d
+            )
+        )
+    [delivery] = deliveries
+    assert delivery["event"] == "job.completed"
+    assert delivery["status"] == "DELIVERED"
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 200]
+    assert len(hooks.received) == 3
+    assert all(r["valid"] for r in hooks.received)  # signed with the configured secret
+    assert {r["headers"]["webhook-id"] for r in hooks.received} == {delivery["id"]}
+    payload = orjson.loads(hooks.received[-1]["body"])
+    assert payload["type"] == "job.completed"
+    assert payload["data"]["id"] == job_id
+    assert payload["data"]["result"]["predictions"][0]["class_id"] == 0
+
+
+def test_webhook_gives_up_at_the_limit_and_the_job_stays_completed(jobs_env: JobsEnv) -> None:
+    with receiver() as hooks:
+        dead_url = hooks.url  # the receiver stops before the job finishes
+    body = {"model": "digits", "input": {"instance": DIGITS[0].tolist()}, "callback_url": dead_url}
+    job_id = submit(jobs_env.client, body).json()["id"]
+    assert wait_job(jobs_env.client, job_id)["status"] == "COMPLETED"
+    [delivery] = wait_for(
+        lambda: (
+            (d := jobs_env.client.get(f"/v1/jobs/{job_id}/deliveries").json()["deliveries"])
+            and d[0]["status"] == "FAILED"
+            and d
+        )
+    )
+    assert len(delivery["attempts"]) == jobs_env.settings.webhook_max_attempts
+    assert all(a["error"] for a in delivery["attempts"])
+    assert jobs_env.client.get(f"/v1/jobs/{job_id}").json()["status"] == "COMPLETED"
+
+
+def test_step_events_on_request(jobs_env: JobsEnv) -> None:
+    with receiver() as hooks:
+        body = {
+            "pipeline": "slow-steps", "input": {"slices": 2}, "callback_url": hooks.url,
+            "callback_events": ["job.step"],
+        }  # fmt: skip
+        job_id = submit(jobs_env.client, body).json()["id"]
+        wait_job(jobs_env.client, job_id)
+        wait_for(
+            lambda: any(orjson.loads(r["body"])["type"] == "job.completed" for r in hooks.received)
+        )
+    events = [orjson.loads(r["body"]) for r in hooks.received]
+    steps = [
+        (e["data"]["step"]["name"], e["data"]["step"]["status"])
+        for e in events
+        if e["type"] == "job.step"
+    ]
+    assert ("slow", "COMPLETED") in steps
+    assert ("finish", "COMPLETED") in steps
+    assert events[-1]["type"] == "job.completed"
+
+
+def test_pipelines_are_listed(jobs_env: JobsEnv) -> None:
+    pipelines = {p["name"]: p for p in jobs_env.client.get("/v1/pipelines").json()["pipelines"]}
+    assert pipelines["album-tagging"]["state"] == "READY"
+    assert [s["name"] for s in pipelines["album-tagging"]["steps"]] == [
+        "decode",
+        "features",
+        "classify",
+        "summarize",
+    ]
+    assert pipelines["album-tagging"]["steps"][2]["kind"] == "model"
