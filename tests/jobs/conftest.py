@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from modelplex.server import RunningServer, start
 from modelplex.settings import Settings
-from modelplex.storage.database import create_engine, migrate
+from modelplex.storage.database import create_engine, create_engines, migrate
 from modelplex.storage.jobstore import SqlJobStore
 from tests.conftest import settings_for, wait_ready
 from tests.helpers import copy_model, write_python_model
@@ -96,11 +96,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[SqlJobStore]:
-    engine = create_engine(database_url)
+    engines = create_engines(database_url)
     try:
-        yield SqlJobStore(engine)
+        yield SqlJobStore(engines)
     finally:
-        await engine.dispose()
+        await engines.dispose()
 
 
 STEPS_PY = '''
@@ -145,6 +145,10 @@ def to_pixels(ctx, data):
 
 def render(ctx, data):
     return {"y": data["doubled"]["y"].tolist()}
+
+
+def not_json(ctx, data):
+    return {"a set": {1, 2}}
 '''
 
 PIPELINES = {
@@ -167,6 +171,17 @@ PIPELINES = {
         [[steps]]
         name = "flaky"
         function = "flaky"
+    """,
+    "flaky-five": """
+        max_attempts = 5
+        [[steps]]
+        name = "flaky"
+        function = "flaky"
+    """,
+    "not-json": """
+        [[steps]]
+        name = "oops"
+        function = "not_json"
     """,
     "refuses": """
         [[steps]]

@@ -102,6 +102,17 @@ def test_idempotency_key(jobs_env: JobsEnv) -> None:
             422,
             "INVALID_INPUT",
         ),
+        (
+            {"pipeline": "slow-steps", "input": {}, "callback_url": "http://h:99999/"},
+            422,
+            "INVALID_INPUT",
+        ),
+        (
+            {"pipeline": "slow-steps", "input": {}, "callback_url": "http://[::1/"},
+            422,
+            "INVALID_INPUT",
+        ),
+        ({"pipeline": "slow-steps", "input": {}, "metadata": [1]}, 422, "INVALID_INPUT"),
     ],
 )
 def test_submission_is_validated(
@@ -196,8 +207,36 @@ def test_job_retry_after_a_retryable_failure(jobs_env: JobsEnv, tmp_path: Path) 
     done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
     assert done["status"] == "COMPLETED"
     assert done["attempts"] == 2
+    assert len(done["history"]) == 2  # a retry is not mistaken for a lost worker
     assert done["history"][0]["error"]["code"] == "STEP_FAILED"
+    assert "error" not in done["history"][1]
     assert "transient" not in str(done["history"])  # exception text stays in the worker log
+
+
+def test_a_pipeline_may_allow_more_attempts_than_the_default(
+    jobs_env: JobsEnv, tmp_path: Path
+) -> None:
+    body = {"pipeline": "flaky-five", "input": {"marker": str(tmp_path / "m"), "failures": 3}}
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["max_attempts"] == 5
+    assert done["status"] == "COMPLETED"
+    assert done["attempts"] == 4
+
+
+def test_a_result_that_is_not_json_fails_the_job_cleanly(jobs_env: JobsEnv) -> None:
+    done = wait_job(
+        jobs_env.client, submit(jobs_env.client, {"pipeline": "not-json", "input": {}}).json()["id"]
+    )
+    assert done["status"] == "FAILED"
+    assert done["error"]["code"] == "RESULT_NOT_SERIALIZABLE"
+
+
+def test_a_job_cannot_name_someone_elses_upload(jobs_env: JobsEnv) -> None:
+    body = {"pipeline": "album-tagging", "input": {"upload": {"filename": "x.zip"}}}
+    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
+    assert done["status"] == "FAILED"
+    assert done["error"]["code"] == "INVALID_INPUT"
+    assert "no file was uploaded" in done["error"]["message"]
 
 
 def test_failure_codes_name_the_step_and_are_not_retried(jobs_env: JobsEnv) -> None:
@@ -342,6 +381,25 @@ def test_batch_submission_errors(jobs_env: JobsEnv) -> None:
     wrong_type = client.post("/v1/batches", content=b"x", headers={"content-type": "text/plain"})
     assert wrong_type.json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
     assert client.get("/v1/batches/batch_nope").json()["code"] == "BATCH_NOT_FOUND"
+    bad_metadata = client.post(
+        "/v1/batches",
+        data={"model": "digits", "metadata": "[1, 2]"},
+        files={"file": ("rows.jsonl", b'{"custom_id": "a", "input": []}')},
+    )
+    assert bad_metadata.json()["code"] == "INVALID_INPUT"
+
+
+def test_a_batch_of_only_bad_lines_is_finished_at_once(jobs_env: JobsEnv) -> None:
+    response = jobs_env.client.post(
+        "/v1/batches?model=digits",
+        content=b"nope\n{}\n",
+        headers={"content-type": "application/jsonl"},
+    )
+    batch = response.json()
+    assert batch["status"] == "COMPLETED"
+    assert batch["finished_at"] is not None
+    assert batch["counts"]["failed"] == 2
+    assert "Retry-After" not in jobs_env.client.get(f"/v1/batches/{batch['id']}").headers
 
 
 def test_webhook_retried_until_it_succeeds(jobs_env: JobsEnv) -> None:

@@ -86,9 +86,9 @@ async def test_finished_jobs_are_final(store: SqlJobStore) -> None:
 
 
 async def test_two_workers_racing_for_one_job_exactly_one_wins(database_url: str) -> None:
-    from modelplex.storage.database import create_engine
+    from modelplex.storage.database import create_engines
 
-    engines = [create_engine(database_url) for _ in range(2)]
+    engines = [create_engines(database_url) for _ in range(2)]
     stores = [SqlJobStore(e) for e in engines]
     try:
         for round_ in range(10):
@@ -215,7 +215,7 @@ async def test_purge_removes_only_old_finished_jobs(store: SqlJobStore) -> None:
     queued = await store.create(new_job())
     for job in (old, fresh):
         await store.request_cancel(job.id)
-    async with store.engine.begin() as conn:
+    async with store.engines.write.begin() as conn:
         await conn.execute(
             update(jobs_table).where(jobs_table.c.id == old.id).values(finished_at=1.0)
         )
@@ -235,3 +235,44 @@ async def test_list_newest_first_with_cursor_and_filters(store: SqlJobStore) -> 
     digits = await store.list_jobs(target="digits", limit=10)
     assert {j.id for j in digits} == {created[1].id, created[3].id}
     assert await store.list_jobs(status=JobStatus.COMPLETED, limit=10) == []
+
+
+async def test_a_cancel_beats_a_retry(store: SqlJobStore) -> None:
+    job = await store.create(new_job())
+    [claimed] = await store.claim("w1", 1, lease_s=30)
+    flagged = await store.request_cancel(job.id)
+    assert flagged is not None
+    assert flagged.cancel_requested is True
+    # The worker's attempt failed and would be retried: the cancel wins.
+    retry = await store.transition(
+        job.id, JobStatus.QUEUED, lease=claimed.lease, unless_cancelled=True
+    )
+    assert retry is None
+    cancelled = await store.transition(job.id, JobStatus.CANCELLED, lease=claimed.lease)
+    assert cancelled is not None
+    assert cancelled.status is JobStatus.CANCELLED
+
+
+async def test_requeue_clears_the_lease_and_is_not_reported_as_lost(store: SqlJobStore) -> None:
+    job = await store.create(new_job())
+    [claimed] = await store.claim("w1", 1, lease_s=30)
+    requeued = await store.transition(job.id, JobStatus.QUEUED, lease=claimed.lease)
+    assert requeued is not None
+    assert requeued.lease_owner is None
+    [again] = await store.claim("w2", 1, lease_s=30)
+    assert again.previous_owner is None  # a retry, not a dead worker
+
+
+async def test_a_group_of_transitions_keeps_each_guard(store: SqlJobStore) -> None:
+    created = [await store.create(new_job()) for _ in range(6)]
+    claimed = {j.id: j for j in await store.claim("w1", 6, lease_s=30)}
+    stale = Lease("w1", 99)
+    results = await asyncio.gather(
+        *(
+            store.transition(
+                j.id, JobStatus.COMPLETED, lease=claimed[j.id].lease if i % 2 else stale
+            )
+            for i, j in enumerate(created)
+        )
+    )
+    assert [r is not None for r in results] == [False, True, False, True, False, True]

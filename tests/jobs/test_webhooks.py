@@ -64,6 +64,11 @@ def test_generated_secret_is_kept(tmp_path: Path) -> None:
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
+        "http://100.100.100.200/latest/meta-data",
+        "http://[2002:7f00:1::1]/hook",
+        "http://h:99999/hook",
+        "http://[::1/hook",
+        "http://example.com/\n",
         "ftp://example.com/hook",
         "not a url",
     ],
@@ -101,3 +106,22 @@ def test_retry_policy_backs_off_with_jitter_and_stops() -> None:
     assert 1.5 <= delays[2] <= 3.0  # capped
     assert not policy.decide(4, retryable=True).retry
     assert not policy.decide(1, retryable=False).retry
+
+
+def test_blob_references_are_only_the_stores_own(tmp_path: Path) -> None:
+    import asyncio
+
+    from modelplex.errors import BlobNotFound
+    from modelplex.storage.blobs import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "blobs")
+
+    async def main() -> None:
+        ref = await store.put(b"data")
+        assert await store.get(ref) == b"data"
+        for bad in ("local:../../etc/passwd", "local:blob_..", "s3:blob_x", "local:"):
+            with pytest.raises(BlobNotFound):
+                await store.get(bad)
+        await store.delete("local:../x")  # refused quietly, deletes nothing
+
+    asyncio.run(main())

@@ -30,7 +30,7 @@ from modelplex.core.tensors import Array
 from modelplex.errors import InvalidInput
 from modelplex.jobs.pipelines import StepContext, StepError
 
-MAX_IMAGES = 1000
+MAX_IMAGES = 500
 MAX_IMAGE_PIXELS = 40_000_000
 THUMB = 9  # dHash compares 9x8 neighbours
 DUPLICATE_BITS = 6  # hashes this close (of 64 bits) count as the same photo
@@ -92,10 +92,9 @@ def build(folder: Path, labels: list[str]) -> None:
 def _files(ctx: StepContext, data: Any) -> list[tuple[str, bytes]]:
     if not isinstance(data, dict):
         raise StepError("INVALID_INPUT", "input must be an object with 'images' or an archive")
-    if "archive_ref" in data:
-        return _unzip(
-            ctx.read_blob(str(data["archive_ref"])), str(data.get("filename") or "upload")
-        )
+    if "upload" in data:
+        upload = data["upload"] if isinstance(data["upload"], dict) else {}
+        return _unzip(ctx.read_upload(), str(upload.get("filename") or "upload"))
     images = data.get("images")
     if not isinstance(images, list) or not images:
         raise StepError("INVALID_INPUT", "'images' must be a non-empty list")
@@ -120,8 +119,8 @@ def _unzip(archive: bytes, filename: str) -> list[tuple[str, bytes]]:
             members = [m for m in zipped.infolist() if not m.is_dir() and not _hidden(m.filename)]
             if len(members) > MAX_IMAGES:
                 raise StepError("INVALID_INPUT", f"at most {MAX_IMAGES} images per album")
-            if sum(m.file_size for m in members) > 2 * 1024**3:
-                raise StepError("INVALID_INPUT", "the archive expands to more than 2 GiB")
+            if sum(m.file_size for m in members) > 1024**3:
+                raise StepError("INVALID_INPUT", "the archive expands to more than 1 GiB")
             return [(m.filename, zipped.read(m)) for m in sorted(members, key=lambda m: m.filename)]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
         raise StepError(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
 from modelplex.settings import Settings
 from modelplex.storage.blobs import LocalBlobStore
-from modelplex.storage.database import create_engine, default_database_url, migrate
+from modelplex.storage.database import Engines, create_engines, default_database_url, migrate
 from modelplex.storage.jobstore import SqlJobStore
 
 
@@ -19,7 +17,7 @@ def database_url(settings: Settings) -> str:
 
 @dataclass
 class Backend:
-    engine: AsyncEngine
+    engines: Engines
     store: SqlJobStore
     blobs: LocalBlobStore
     secret: str
@@ -27,17 +25,18 @@ class Backend:
     @classmethod
     async def open(cls, settings: Settings) -> Backend:
         """Connect, bring the schema up to date, and load (or create) the webhook secret."""
-        engine = create_engine(database_url(settings))
+        engines = create_engines(database_url(settings))
         try:
-            await migrate(engine)
+            await migrate(engines.write)
         except BaseException:
-            await engine.dispose()
+            await engines.dispose()
             raise
         secret = settings.webhook_secret or load_or_create_secret(
             settings.data_dir / "webhook_secret"
         )
         parse_secret(secret)  # fail at start-up, not at the first delivery
-        return cls(engine, SqlJobStore(engine), LocalBlobStore(settings.data_dir / "blobs"), secret)
+        blobs = LocalBlobStore(settings.data_dir / "blobs")
+        return cls(engines, SqlJobStore(engines), blobs, secret)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.engines.dispose()

@@ -10,6 +10,7 @@ submission; a line the model refuses fails alone when its chunk runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from modelplex.core.instances import parse_parameters
 from modelplex.errors import BatchNotFound, InvalidInput, ModelNotReady
 from modelplex.jobs.ids import new_id
 from modelplex.jobs.models import Batch, JobKind, JobStatus, NewJob
-from modelplex.jobs.service import JobService, iso
+from modelplex.jobs.service import JobService, check_metadata, iso
 from modelplex.storage.jobstore import SqlJobStore
 
 MAX_CUSTOM_ID = 256
@@ -52,7 +53,9 @@ class BatchService:
             if kind is not JobKind.MODEL:
                 raise InvalidInput("options (top_k, outputs) apply to model batches only")
             parse_parameters(options)
-        valid, invalid = parse_lines(content, settings.max_batch_lines)
+        check_metadata(metadata)
+        # Parsing a big file takes a while: not on the event loop.
+        valid, invalid = await asyncio.to_thread(parse_lines, content, settings.max_batch_lines)
         if not valid and not invalid:
             raise InvalidInput("the batch file has no lines")
         size = settings.batch_chunk_size
@@ -128,16 +131,9 @@ class BatchService:
             error = chunk.error or {"code": "INTERNAL", "message": "the chunk failed"}
             return [
                 {"custom_id": item["custom_id"], "error": error}
-                for item in (await self._chunk_input(chunk))["items"]
+                for item in chunk.input["items"]  # chunk inputs are always inline
             ]
         return []  # still running, or cancelled: nothing to report for its lines
-
-    async def _chunk_input(self, chunk: Any) -> dict[str, Any]:
-        if chunk.input_ref is None:
-            data: dict[str, Any] = chunk.input
-            return data
-        loaded: dict[str, Any] = orjson.loads(await self.jobs.blobs.get(chunk.input_ref))
-        return loaded
 
 
 def parse_lines(

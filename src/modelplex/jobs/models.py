@@ -39,6 +39,9 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+CANCELLED_BY_REQUEST = {"code": "CANCELLED", "message": "cancelled by request"}
+
+
 class JobKind(StrEnum):
     MODEL = "model"
     PIPELINE = "pipeline"
@@ -82,6 +85,7 @@ class Job:
     priority: int
     input: Any
     input_ref: str | None
+    upload_ref: str | None
     result: Any
     result_ref: str | None
     error: dict[str, Any] | None
@@ -122,6 +126,8 @@ class NewJob:
     version: str | None = None
     input: Any = None
     input_ref: str | None = None
+    upload_ref: str | None = None
+    """A file uploaded with the job (steps read it with `ctx.read_upload()`)."""
     priority: int = 0
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None

@@ -90,8 +90,9 @@ class StepContext(Protocol):
         """Run a repository model (with its batching) from a sync step."""
         ...
 
-    def read_blob(self, ref: str) -> bytes:
-        """Bytes of an uploaded input (e.g. a zip archive) from a sync step."""
+    def read_upload(self) -> bytes:
+        """The file uploaded with the job (e.g. a zip archive), from a sync step;
+        StepError INVALID_INPUT if the job has none."""
         ...
 
 

@@ -44,6 +44,8 @@ RETRYABLE_CODES = frozenset(
     {"INFERENCE_TIMEOUT", "STEP_TIMEOUT", "RESOURCE_EXHAUSTED", "MODEL_NOT_READY", "STEP_FAILED"}
 )
 STEP_EVENT = "job.step"
+CHUNK_LINES_IN_FLIGHT = 64
+LINE_ATTEMPTS = 3
 _STEP_ENDS = frozenset(
     {StepStatus.COMPLETED.value, StepStatus.FAILED.value, StepStatus.CANCELLED.value}
 )
@@ -147,7 +149,10 @@ class _Context:
         )
         return future.result()
 
-    def read_blob(self, ref: str) -> bytes:
+    def read_upload(self) -> bytes:
+        ref = self._control.job.upload_ref
+        if ref is None:
+            raise StepError("INVALID_INPUT", "no file was uploaded with this job")
         return asyncio.run_coroutine_threadsafe(self._runner.blobs.get(ref), self._loop).result()
 
 
@@ -346,23 +351,29 @@ class JobRunner:
     async def _chunk_model(
         self, job: Job, items: list[dict[str, Any]], options: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        """Every line through the model together; a line that fails fails alone."""
+        """Lines go to the model together (they meet in its batcher and share calls),
+        a bounded number at a time so a big chunk cannot overflow the model's queue;
+        a line that fails fails alone, after retries if its failure was transient."""
+        gate = asyncio.Semaphore(CHUNK_LINES_IN_FLIGHT)
 
         async def one(item: dict[str, Any]) -> dict[str, Any]:
             body: dict[str, Any] = {"instance": item["input"]}
             if options:
                 body["parameters"] = options
-            try:
-                answer = await self.predict(job.target, job.version, body)
-            except ModelplexError as exc:
-                code = wire_error(exc).code
-                return {
-                    "custom_id": item["custom_id"],
-                    "error": {"code": code, "message": public_message(exc)},
-                }
-            return {"custom_id": item["custom_id"], "output": answer["predictions"][0]}
+            attempts = 0
+            while True:
+                try:
+                    async with gate:
+                        answer = await self.predict(job.target, job.version, body)
+                    return {"custom_id": item["custom_id"], "output": answer["predictions"][0]}
+                except ModelplexError as exc:
+                    code = wire_error(exc).code
+                    attempts += 1
+                    if code not in RETRYABLE_CODES or attempts >= LINE_ATTEMPTS:
+                        error = {"code": code, "message": public_message(exc)}
+                        return {"custom_id": item["custom_id"], "error": error}
+                await asyncio.sleep(0.1 * 2**attempts)
 
-        # Submitted together, the lines meet in the model's batcher and share calls.
         return list(await asyncio.gather(*(one(item) for item in items)))
 
     async def _chunk_pipeline(

@@ -107,7 +107,7 @@ class JobService:
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
         )
-        new.input, new.input_ref = await self._store_input(request)
+        new.input, new.input_ref, new.upload_ref = await self._store_input(request)
         try:
             return await self.store.create(new), True
         except DuplicateKey as duplicate:  # a concurrent request with the same key won
@@ -124,11 +124,7 @@ class JobService:
     async def _validate(self, request: SubmitRequest) -> tuple[list[str], int]:
         if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
             raise InvalidInput(f"priority must be from {-MAX_PRIORITY} to {MAX_PRIORITY}")
-        if request.metadata is not None and (
-            not isinstance(request.metadata, dict)
-            or len(orjson.dumps(request.metadata)) > MAX_METADATA_BYTES
-        ):
-            raise InvalidInput(f"metadata must be an object of at most {MAX_METADATA_BYTES} bytes")
+        check_metadata(request.metadata)
         unknown = sorted(set(request.callback_events) - CALLBACK_EVENTS)
         if unknown:
             raise InvalidInput(
@@ -160,14 +156,16 @@ class JobService:
         if body is not None:
             parse_predict_json(body, self.models.get(model, version))
 
-    async def _store_input(self, request: SubmitRequest) -> tuple[Any, str | None]:
+    async def _store_input(self, request: SubmitRequest) -> tuple[Any, str | None, str | None]:
+        """(inline input, blob of a large input, blob of an uploaded file). Blob
+        references are the server's own: nothing a client sends can name one."""
         if request.upload is not None:
-            ref = await self.blobs.put(request.upload)
-            return {"archive_ref": ref, "filename": request.upload_name}, None
+            upload = await self.blobs.put(request.upload)
+            return {"upload": {"filename": request.upload_name}}, None, upload
         encoded = orjson.dumps(request.input)
         if len(encoded) > self.settings.blob_threshold_bytes:
-            return None, await self.blobs.put(encoded)
-        return request.input, None
+            return None, await self.blobs.put(encoded), None
+        return request.input, None, None
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
@@ -211,6 +209,13 @@ class JobService:
         if job.result_ref is not None:
             return orjson.loads(await self.blobs.get(job.result_ref))
         return job.result
+
+
+def check_metadata(metadata: Any) -> None:
+    if metadata is not None and (
+        not isinstance(metadata, dict) or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES
+    ):
+        raise InvalidInput(f"metadata must be an object of at most {MAX_METADATA_BYTES} bytes")
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -82,7 +82,9 @@ class WorkerSupervisor:
                 process.terminate()
         for process in running:
             try:
-                await asyncio.wait_for(process.wait(), self._drain_s + 10)
+                # The worker drains for drain_s, then takes up to 10 s to hand
+                # back what it could not finish: give it that, and a margin.
+                await asyncio.wait_for(process.wait(), self._drain_s + 20)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

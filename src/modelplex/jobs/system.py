@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from modelplex.core.registry import ModelRegistry
-from modelplex.errors import StoreUnavailable
 from modelplex.jobs.backend import Backend, database_url
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.pipelines import PipelineRegistry
@@ -73,11 +72,8 @@ class JobSystem:
         cutoff = time.time() - self.settings.job_retention_hours * 3600
         removed = await backend.store.purge(cutoff)
         for job in removed:
-            refs = [job.input_ref, job.result_ref]
-            if isinstance(job.input, dict):
-                refs.append(job.input.get("archive_ref"))
-            for ref in refs:
-                if isinstance(ref, str):
+            for ref in (job.input_ref, job.result_ref, job.upload_ref):
+                if ref is not None:
                     await backend.blobs.delete(ref)
         return len(removed)
 
@@ -90,8 +86,8 @@ class JobSystem:
                 return
             try:
                 removed = await self.purge_once()
-            except StoreUnavailable as exc:
-                log.warning("retention: %s", exc)
+            except Exception as exc:  # retention must keep running
+                log.warning("retention failed: %s", exc, exc_info=exc)
                 continue
             if removed:
                 log.info("retention: deleted %d finished jobs", removed)

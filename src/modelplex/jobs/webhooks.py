@@ -30,6 +30,7 @@ import orjson
 from modelplex.errors import InvalidInput, StoreUnavailable
 from modelplex.jobs.ids import new_id
 from modelplex.jobs.models import Delivery, DeliveryStatus
+from modelplex.jobs.waiting import wait_any
 from modelplex.storage.jobstore import SqlJobStore
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
 
 def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
     """What a receiver does: check the timestamp's freshness and any v1 signature."""
+    headers = {name.lower(): value for name, value in headers.items()}
     try:
         message_id = headers["webhook-id"]
         timestamp = int(headers["webhook-timestamp"])
@@ -98,43 +100,43 @@ def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: int = 
 
 # -- SSRF guard ---------------------------------------------------------------
 def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+    """Anything but a public unicast address: loopback, private, link-local,
+    carrier-grade NAT (100.64/10: some clouds' metadata), multicast, reserved,
+    and IPv4 addresses hidden inside IPv6 (mapped, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is not None and _forbidden(embedded):
+            return True
+    return not address.is_global or address.is_multicast
 
 
 async def check_callback_url(url: str, allow_private: bool) -> None:
     """Refuse URLs that are not http(s), or whose host resolves to loopback,
     link-local or private ranges (unless `allow_private`)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if len(url) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise InvalidInput("callback_url must be a URL of at most 2048 printable characters")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a bad port or bracketed host
+        raise InvalidInput("callback_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise InvalidInput("callback_url must be an absolute http or https URL")
-    if len(url) > 2048:
-        raise InvalidInput("callback_url is longer than 2048 characters")
     if allow_private:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-            type=socket.SOCK_STREAM,
-        )  # fmt: skip
-    except socket.gaierror:
-        raise InvalidInput(f"callback_url host '{parts.hostname}' does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if _forbidden(address):
-            raise InvalidInput(
-                f"callback_url host '{parts.hostname}' resolves to {address}, a loopback, "
-                "link-local or private address (set MODELPLEX_WEBHOOK_ALLOW_PRIVATE=true "
-                "to allow)"
-            )
+            host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
+    except (socket.gaierror, UnicodeError):
+        raise InvalidInput(f"callback_url host '{host}' does not resolve") from None
+    if any(_forbidden(ipaddress.ip_address(info[4][0])) for info in infos):
+        raise InvalidInput(
+            f"callback_url host '{host}' is not a public address (loopback, link-local and "
+            "private ranges are refused unless MODELPLEX_WEBHOOK_ALLOW_PRIVATE=true)"
+        )
 
 
 # -- retry policy -------------------------------------------------------------
@@ -189,35 +191,24 @@ class Dispatcher:
         self._concurrency = concurrency
         self._poll_s = poll_s
         self._owner = new_id("dispatcher")
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        """New deliveries were written: look now rather than at the next poll."""
-        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
+        # No redirects (a receiver could bounce us anywhere) and no proxies from
+        # the environment (deliveries go where the SSRF guard checked).
+        client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False, trust_env=False)
+        async with client as http:
             while not stop.is_set():
                 try:
                     due = await self._store.claim_deliveries(
                         self._owner, self._concurrency, lease_s=self._timeout_s * 3
                     )
-                except StoreUnavailable as exc:
-                    log.warning("webhook dispatcher: %s", exc)
+                except Exception as exc:  # never let the dispatcher die
+                    log.warning("webhook dispatcher cannot claim: %s", exc)
                     due = []
                 if due:
                     await asyncio.gather(*(self._deliver(http, d) for d in due))
                     continue
-                self._wake.clear()
-                waiters = [
-                    asyncio.ensure_future(stop.wait()),
-                    asyncio.ensure_future(self._wake.wait()),
-                ]
-                await asyncio.wait(
-                    waiters, timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                for waiter in waiters:
-                    waiter.cancel()
+                await wait_any(stop, seconds=self._poll_s)
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery) -> None:
         body = orjson.dumps(delivery.payload)
@@ -233,16 +224,20 @@ class Dispatcher:
         status_code: int | None = None
         error: str | None = None
         try:
-            await check_callback_url(delivery.url, self._allow_private)  # DNS may have changed
-            response = await http.post(delivery.url, content=body, headers=headers)
+            async with asyncio.timeout(self._timeout_s):  # the whole attempt, DNS included
+                await check_callback_url(delivery.url, self._allow_private)  # DNS may change
+                response = await http.post(delivery.url, content=body, headers=headers)
             status_code = response.status_code
         except InvalidInput as exc:
             error = exc.message
             status_code = 0  # refused by the guard: final, not retried
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             error = "timeout"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # e.g. httpx.InvalidURL: a URL that can never work
+            error = type(exc).__name__
+            status_code = 0
         attempt = {
             "attempt": len(delivery.attempts) + 1,
             "at": started,
@@ -253,11 +248,17 @@ class Dispatcher:
         attempts = [*delivery.attempts, attempt]
         decision = self._policy.decide(len(attempts), status_code, time.time())
         try:
-            await self._store.record_delivery(
+            recorded = await self._store.record_delivery(
                 delivery.id, self._owner, attempts, decision.status, decision.next_attempt_at
             )
         except StoreUnavailable as exc:  # the lease expires and the delivery is retried
             log.warning("could not record webhook attempt %s: %s", delivery.id, exc)
+            return
+        if not recorded:
+            log.warning(
+                "webhook %s: the attempt outlived its lease; another dispatcher took it over",
+                delivery.id,
+            )
 
 
 def event_payload(event: str, data: dict[str, Any]) -> dict[str, Any]:

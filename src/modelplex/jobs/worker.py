@@ -16,17 +16,24 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from modelplex.errors import StoreUnavailable
 from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import Job, JobError, JobKind, JobStatus, NewDelivery
+from modelplex.jobs.models import (
+    CANCELLED_BY_REQUEST,
+    Job,
+    JobError,
+    JobKind,
+    JobStatus,
+    NewDelivery,
+)
 from modelplex.jobs.retry import RetryPolicy
 from modelplex.jobs.runner import Cancelled, Completed, Failed, JobControl, JobRunner, Outcome
+from modelplex.jobs.waiting import wait_any
 from modelplex.jobs.webhooks import event_payload
 from modelplex.storage.blobs import BlobStore
 from modelplex.storage.jobstore import SqlJobStore
@@ -63,14 +70,12 @@ class Worker:
         config: WorkerConfig,
         *,
         name: str | None = None,
-        view: Callable[[Job], dict[str, Any]] | None = None,
     ) -> None:
         self.id = name or worker_id()
         self._store = store
         self._runner = runner
         self._blobs = blobs
         self._config = config
-        self._view = view or (lambda job: {"id": job.id, "status": job.status.value})
         self._running: dict[str, tuple[asyncio.Task[None], JobControl]] = {}
         self._slot_free = asyncio.Event()
 
@@ -82,15 +87,16 @@ class Worker:
             while not stop.is_set():
                 capacity = self._config.concurrency - len(self._running)
                 if capacity <= 0:
-                    await self._wait(stop, self._slot_free, self._config.poll_s)
+                    self._slot_free.clear()
+                    await wait_any(stop, self._slot_free, seconds=self._config.poll_s)
                     continue
                 try:
                     jobs = await self._store.claim(self.id, capacity, self._config.lease_s)
-                except StoreUnavailable as exc:
+                except Exception as exc:  # keep claiming; the log says why we could not
                     log.warning("worker %s cannot claim: %s", self.id, exc)
                     jobs = []
                 if not jobs:
-                    await self._wait(stop, None, self._config.poll_s)
+                    await wait_any(stop, seconds=self._config.poll_s)
                     continue
                 for job in jobs:
                     self._start(job)
@@ -101,30 +107,26 @@ class Worker:
                 await heartbeat
             log.info("worker %s stopped", self.id)
 
-    @staticmethod
-    async def _wait(stop: asyncio.Event, other: asyncio.Event | None, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(stop.wait())]
-        if other is not None:
-            other.clear()
-            waiters.append(asyncio.ensure_future(other.wait()))
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-
     def _start(self, job: Job) -> None:
         control = JobControl(job)
         task = asyncio.create_task(self._run_job(job, control), name=f"job:{job.id}")
         self._running[job.id] = (task, control)
 
-        def done(_task: asyncio.Task[None]) -> None:
-            self._running.pop(job.id, None)
+        def done(finished: asyncio.Task[None]) -> None:
+            # A re-claim of the same job by this worker may have replaced the entry.
+            if self._running.get(job.id, (None,))[0] is finished:
+                del self._running[job.id]
             self._slot_free.set()
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job %s task failed", job.id, exc_info=finished.exception())
 
         task.add_done_callback(done)
 
     async def _run_job(self, job: Job, control: JobControl) -> None:
-        if job.attempts > job.max_attempts:  # its earlier workers all died holding it
-            outcome: Outcome = Failed(
+        if job.cancel_requested:  # cancelled while queued or while its worker was lost
+            outcome: Outcome = Cancelled()
+        elif job.attempts > job.max_attempts:  # its earlier workers all died holding it
+            outcome = Failed(
                 JobError(
                     "LEASE_EXPIRED",
                     f"the job's worker was lost {job.attempts - 1} times",
@@ -146,6 +148,16 @@ class Worker:
         await asyncio.shield(self._finish(job, control, outcome))
 
     async def _finish(self, job: Job, control: JobControl, outcome: Outcome) -> None:
+        """Persist the outcome; whatever goes wrong here, the job never stays stuck."""
+        try:
+            await self._persist(job, control, outcome)
+        except Exception as exc:
+            log.error("job %s: writing its outcome failed", job.id, exc_info=exc)
+            if not isinstance(outcome, Failed) or outcome.error.code != "INTERNAL":
+                failure = JobError("INTERNAL", "the job's outcome could not be stored")
+                await self._persist(job, control, Failed(failure))
+
+    async def _persist(self, job: Job, control: JobControl, outcome: Outcome) -> None:
         now = time.time()
         entry: dict[str, Any] = {
             "attempt": job.attempts,
@@ -163,45 +175,55 @@ class Worker:
         events = list(control.events)
         lines = outcome.lines
         if isinstance(outcome, Completed):
-            target = JobStatus.COMPLETED
-            values["progress"] = 1.0
-            values.update(await self._result_fields(outcome.result))
-            values["error"] = None
-        elif isinstance(outcome, Cancelled):
-            target = JobStatus.CANCELLED
-            values["error"] = {"code": "CANCELLED", "message": "cancelled by request"}
-            entry["error"] = values["error"]
-        else:
-            entry["error"] = outcome.error.as_dict()
-            values["error"] = outcome.error.as_dict()
-            decision = self._config.retry.decide(job.attempts, outcome.error.retryable)
-            if decision.retry and job.attempts < job.max_attempts:
-                target = JobStatus.QUEUED
-                values["run_at"] = now + decision.delay_s
+            try:
+                result = await self._result_fields(outcome.result)
+            except (TypeError, ValueError) as exc:  # orjson cannot encode what a step returned
+                log.error("job %s: result is not JSON", job.id, exc_info=exc)
+                failure = JobError("RESULT_NOT_SERIALIZABLE", "the job's result is not JSON data")
+                outcome = Failed(failure)
             else:
-                target = JobStatus.FAILED
-                if job.kind is JobKind.BATCH_CHUNK:
-                    lines = (0, len((job.input or {}).get("items", [])))
+                target = JobStatus.COMPLETED
+                values.update(result, progress=1.0, error=None)
+        if isinstance(outcome, Cancelled):
+            target = JobStatus.CANCELLED
+            values["error"] = entry["error"] = CANCELLED_BY_REQUEST
+        elif isinstance(outcome, Failed):
+            entry["error"] = values["error"] = outcome.error.as_dict()
+            policy = replace(self._config.retry, max_attempts=job.max_attempts)
+            decision = policy.decide(job.attempts, outcome.error.retryable)
+            target = JobStatus.QUEUED if decision.retry else JobStatus.FAILED
+            values["run_at"] = now + decision.delay_s
+            if target is JobStatus.FAILED and job.kind is JobKind.BATCH_CHUNK:
+                lines = (0, len((job.input or {}).get("items", [])))
         values["history"] = [*history, entry]
+        written = await self._write(job, target, values, events, lines)
+        if written is None and target is JobStatus.QUEUED:
+            # A cancel arrived while it ran: it ends CANCELLED instead of retrying.
+            values["error"] = CANCELLED_BY_REQUEST
+            written = await self._write(job, JobStatus.CANCELLED, values, events, lines)
+        if written is None:
+            log.warning("job %s: lease lost before it finished; result discarded", job.id)
+
+    async def _write(
+        self, job: Job, target: JobStatus, values: dict[str, Any],
+        events: list[NewDelivery], lines: tuple[int, int] | None,
+    ) -> Job | None:  # fmt: skip
         for attempt in range(5):
             try:
-                written = await self._store.transition(
+                return await self._store.transition(
                     job.id,
                     target,
                     lease=job.lease,
                     values=values,
                     deliveries_out=events + self._finish_events(job, target, values),
                     batch_delta=(lines or (0, 0)) if target.finished else None,
+                    unless_cancelled=target is JobStatus.QUEUED,
                 )
-                break
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot write outcome (%s); retrying", job.id, exc)
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
-        else:
-            log.error("job %s: outcome lost; the lease will expire and it runs again", job.id)
-            return
-        if written is None:
-            log.warning("job %s: lease lost before it finished; result discarded", job.id)
+        log.error("job %s: outcome lost; the lease will expire and it runs again", job.id)
+        return None
 
     def _finish_events(
         self, job: Job, target: JobStatus, values: dict[str, Any]
@@ -239,24 +261,29 @@ class Worker:
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         """Renew leases, read cancel requests, flush progress: every lease/3 seconds
-        (progress more often, when there is any)."""
+        (progress more often, when there is any). Never dies of an error: a dead
+        heartbeat would let every lease expire and every job run twice."""
         interval = self._config.lease_s / 3
         last_renew = 0.0
         while True:
             await asyncio.sleep(min(0.5, interval))
-            if time.monotonic() - last_renew >= interval and self._running:
-                last_renew = time.monotonic()
-                await self._renew()
-            await self._flush_progress()
+            try:
+                if time.monotonic() - last_renew >= interval and self._running:
+                    last_renew = time.monotonic()
+                    await self._renew()
+                await self._flush_progress()
+            except Exception as exc:
+                log.error("worker %s heartbeat failed", self.id, exc_info=exc)
 
     async def _renew(self) -> None:
+        sent = dict(self._running)
         try:
-            held = await self._store.heartbeat(self.id, list(self._running), self._config.lease_s)
+            held = await self._store.heartbeat(self.id, list(sent), self._config.lease_s)
         except StoreUnavailable as exc:
             log.warning("worker %s heartbeat failed: %s", self.id, exc)
             return
-        for job_id, (_task, control) in list(self._running.items()):
-            if job_id not in held:
+        for job_id, (_task, control) in sent.items():
+            if job_id not in held:  # re-claimed elsewhere: stop; its result would be discarded
                 control.lost = True
                 control.cancel.set()
             elif held[job_id]:

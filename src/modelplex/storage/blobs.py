@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Protocol
 
 from modelplex.errors import BlobNotFound
 from modelplex.jobs.ids import new_id
+
+_KEY = re.compile(r"blob_[0-9a-z]{26}")
 
 
 class BlobStore(Protocol):
@@ -35,11 +38,9 @@ class LocalBlobStore:
         self.root = root
 
     def _path(self, ref: str) -> Path:
-        if not ref.startswith(self.PREFIX):
-            raise BlobNotFound(f"not a local blob reference: {ref}")
-        key = ref[len(self.PREFIX) :]
-        if not key or "/" in key or key.startswith("."):
-            raise BlobNotFound(f"invalid blob reference: {ref}")
+        key = ref[len(self.PREFIX) :] if ref.startswith(self.PREFIX) else ""
+        if not _KEY.fullmatch(key):  # only keys this store made: no path tricks
+            raise BlobNotFound("invalid blob reference")
         return self.root / key[-2:] / key
 
     async def put(self, data: bytes) -> str:
@@ -62,6 +63,5 @@ class LocalBlobStore:
             raise BlobNotFound(f"blob {ref} not found") from None
 
     async def delete(self, ref: str) -> None:
-        path = self._path(ref)
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(path.unlink)
+        with contextlib.suppress(FileNotFoundError, BlobNotFound):
+            await asyncio.to_thread(self._path(ref).unlink)

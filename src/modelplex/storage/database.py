@@ -1,8 +1,9 @@
 """Engines for the job store: SQLite (embedded default) or PostgreSQL (scale-out).
 
-SQLite runs in WAL mode with a busy timeout, and every transaction starts with
-BEGIN IMMEDIATE: a deferred transaction that reads and then writes fails at
-once with "database is locked" when another process writes, instead of waiting.
+SQLite runs in WAL mode with a busy timeout, and every writing transaction
+starts with BEGIN IMMEDIATE: a deferred transaction that reads and then writes
+fails at once with "database is locked" when another process writes, instead
+of waiting. Reads use their own connections and plain BEGIN (a snapshot).
 Migrations run at start-up (`migrate`), serialised between processes by a
 PostgreSQL advisory lock or SQLite's own write lock.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +36,53 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+@dataclass(frozen=True)
+class Engines:
+    """Where writes and reads go. PostgreSQL: one engine. SQLite: one connection
+    for writes (SQLite has one writer; queueing in the pool beats SQLite's
+    sleeping busy handler) and a pool of snapshot readers that never take the
+    write lock."""
+
+    write: AsyncEngine
+    read: AsyncEngine
+
+    async def dispose(self) -> None:
+        await self.write.dispose()
+        if self.read is not self.write:
+            await self.read.dispose()
+
+
+def create_engines(url: str, *, pool_size: int = 10) -> Engines:
+    if not is_sqlite(url):
+        engine = create_engine(url, pool_size=pool_size)
+        return Engines(engine, engine)
+    return Engines(create_engine(url, pool_size=1), _sqlite_engine(url, 4, immediate=False))
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if is_sqlite(url):
-        path = url.split(":///", 1)[1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url, connect_args={"timeout": 30, "isolation_level": None}, pool_size=pool_size
-        )
-        _sqlite_pragmas(engine)
-        return engine
+        return _sqlite_engine(url, pool_size, immediate=True)
     # No pre-ping (a round trip per checkout): a connection the server dropped
     # fails one transaction, which SQLAlchemy answers by discarding the pool.
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
-def _sqlite_pragmas(engine: AsyncEngine) -> None:
+def _sqlite_engine(url: str, pool_size: int, *, immediate: bool) -> AsyncEngine:
+    path = url.split(":///", 1)[1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": 30, "isolation_level": None},
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=60,
+    )
+    _sqlite_pragmas(engine, immediate=immediate)
+    return engine
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -61,7 +94,7 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -35,6 +35,7 @@ jobs = Table(
     Column("priority", Integer, nullable=False, default=0),
     Column("input", JSON),
     Column("input_ref", String(200)),
+    Column("upload_ref", String(200)),
     Column("result", JSON),
     Column("result_ref", String(200)),
     Column("error", JSON),

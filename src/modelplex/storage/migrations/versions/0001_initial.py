@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("input", sa.JSON(), nullable=True),
         sa.Column("input_ref", sa.String(length=200), nullable=True),
+        sa.Column("upload_ref", sa.String(length=200), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("result_ref", sa.String(length=200), nullable=True),
         sa.Column("error", sa.JSON(), nullable=True),
