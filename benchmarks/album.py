@@ -20,7 +20,6 @@ import tempfile
 import time
 import zipfile
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import skimage.data
