@@ -28,3 +28,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import modelplex, onnxruntime, torch" # fail loudly if the install did not
   touch "$stamp"
 fi
+# Build step: compile the gRPC protocol's .proto (generated code is not committed).
+.venv/bin/python -m modelplex.grpc.codegen --check >/dev/null 2>&1 \
+  || .venv/bin/python -m modelplex.grpc.codegen >/dev/null

@@ -32,8 +32,11 @@ def photos() -> dict[str, bytes]:
 
 
 def settings_for(tmp: Path, **overrides: Any) -> Settings:
-    """Test settings: a free port, state in `tmp`, and no worker processes unless asked."""
-    values: dict[str, Any] = {"workers": 0, **overrides}
+    """Test settings: a free port, state in `tmp`, no worker processes and no gRPC
+    unless asked. (gRPC tests run the server in its own process: tritonclient's and
+    modelplex's generated code both define the protocol's `inference` package, and
+    one process can hold only one of them.)"""
+    values: dict[str, Any] = {"workers": 0, "grpc_enabled": False, **overrides}
     return Settings(port=0, data_dir=tmp / "data", cache_dir=tmp / "cache", **values)
 
 

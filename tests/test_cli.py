@@ -36,7 +36,11 @@ def free_port() -> int:
 def served(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("cli")
-    env = {**os.environ, "MODELPLEX_DATA_DIR": str(workdir / "data")}
+    env = {
+        **os.environ,
+        "MODELPLEX_DATA_DIR": str(workdir / "data"),
+        "MODELPLEX_GRPC_PORT": str(free_port()),
+    }
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port), "--model-repository", str(example_repo)],
         env=env,

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 import uvicorn
+from fastapi import FastAPI
 
 from modelplex.api.app import create_app
 from modelplex.errors import ModelLoadError
@@ -37,9 +38,9 @@ def resolve_repository(settings: Settings) -> Path:
     return ensure_example_repository(settings.cache_dir)
 
 
-def _uvicorn_config(settings: Settings, repository: Path) -> uvicorn.Config:
+def _uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings, repository),
+        app,
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -65,7 +66,7 @@ def serve(settings: Settings) -> None:
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     log.info("modelplex serving %s on http://%s:%d", repository, host, port)
-    server = uvicorn.Server(_uvicorn_config(settings, repository))
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings, repository)))
     server.run(sockets=[sock])
 
 
@@ -75,6 +76,7 @@ class RunningServer:
 
     url: str
     port: int
+    grpc_port: int | None
     _server: uvicorn.Server
     _thread: threading.Thread
 
@@ -100,7 +102,8 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     try:
-        server = uvicorn.Server(_uvicorn_config(settings, repository))
+        app = create_app(settings, repository)
+        server = uvicorn.Server(_uvicorn_config(settings, app))
     except BaseException:
         sock.close()
         raise
@@ -119,4 +122,5 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
             raise RuntimeError("modelplex server did not start")
         time.sleep(0.01)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    return RunningServer(f"http://{host}:{port}", port, server, thread)
+    grpc_port = getattr(app.state, "grpc_port", None)
+    return RunningServer(f"http://{host}:{port}", port, grpc_port, server, thread)

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port; 0 picks a free one."""
 
+    grpc_enabled: bool = True
+    """Serve the Open Inference Protocol over gRPC too (with health and reflection)."""
+
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port; 0 picks a free one."""
+
     model_repository: Path | None = None
     """Directory with one folder per model. Unset: the example repository, built
     once into `cache_dir` so a fresh data directory starts in seconds."""

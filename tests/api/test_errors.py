@@ -134,7 +134,10 @@ def test_unknown_model_and_version(client: httpx.Client) -> None:
 
 
 def test_unknown_route_and_method(client: httpx.Client) -> None:
-    assert_problem(client.get("/v2/nothing-here"), 404, "NOT_FOUND")
+    assert_problem(client.get("/v9/nothing-here"), 404, "NOT_FOUND")
+    v2 = client.get("/v2/nothing-here")  # the Open Inference Protocol's own error shape
+    assert v2.status_code == 404
+    assert v2.json() == {"error": "No such endpoint."}
     assert_problem(client.get("/v1/models/digits/predict"), 405, "METHOD_NOT_ALLOWED")
 
 

@@ -18,13 +18,14 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 import modelplex
-from modelplex.api import routes_jobs, routes_v1
+from modelplex.api import routes_jobs, routes_v1, routes_v2
 from modelplex.api.middleware import RequestContextMiddleware
 from modelplex.api.problems import install_handlers
 from modelplex.api.schemas import Problem
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.registry import ModelRegistry
 from modelplex.jobs.system import JobSystem
+from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc
 from modelplex.settings import Settings
 
@@ -83,12 +84,23 @@ def create_app(settings: Settings, repository: Path) -> FastAPI:
 
         # The job database must be reachable: fail start-up now rather than every job later.
         await jobs.start()
+        grpc_server = None
+        if settings.grpc_enabled:
+            from modelplex.grpc.server import GrpcServer  # needs the generated protocol code
+
+            grpc_server = GrpcServer(
+                app.state.v2, settings.host, settings.grpc_port, settings.max_request_bytes
+            )
+            await grpc_server.start()
+        app.state.grpc_port = grpc_server.port if grpc_server else None
         app.state.jobs, app.state.batches = jobs.jobs, jobs.batches
         loading = asyncio.create_task(load_models(), name="load-models")
         loading.add_done_callback(_log_failure)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             await jobs.stop()
             if not loading.done():
                 # A model load cannot be interrupted; let it finish before closing.
@@ -103,10 +115,12 @@ def create_app(settings: Settings, repository: Path) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.dataplane = dataplane
+    app.state.v2 = V2Service(dataplane)
     app.state.settings = settings
     app.state.job_system = jobs
     install_handlers(app)
     app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
     app.include_router(routes_jobs.router)
     app.add_middleware(
         RequestContextMiddleware,

@@ -17,7 +17,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelplex.api.problems import problem_response
+from modelplex.api.problems import error_response
 from modelplex.errors import InternalError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class RequestContextMiddleware:
         except Exception as exc:
             log.error("unhandled error in request %s", request_id, exc_info=exc)
             if not started:
-                await problem_response(InternalError(), request_id, scope.get("path"))(
+                await error_response(InternalError(), request_id, scope.get("path"))(
                     scope, receive, send_with_id
                 )
 
@@ -100,7 +100,7 @@ class RequestContextMiddleware:
         self, declared: int, limit: int, scope: Scope, receive: Receive, send: Send
     ) -> None:
         error = PayloadTooLarge(self._too_large(limit))
-        response = problem_response(error, scope["state"]["request_id"], scope.get("path"))
+        response = error_response(error, scope["state"]["request_id"], scope.get("path"))
         if declared <= limit + _DRAIN_BYTES:
             # Read and drop a modest excess so the client, still sending, gets the
             # answer instead of a reset connection.

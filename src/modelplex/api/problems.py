@@ -30,6 +30,27 @@ def request_id_of(scope: Any) -> str:
     return str(state.get("request_id", ""))
 
 
+def error_response(exc: BaseException, request_id: str, path: str | None = None) -> Response:
+    """The error as the route's protocol wants it: the Open Inference Protocol's
+    `{"error": ...}` under /v2, RFC 9457 problem details everywhere else."""
+    if path is not None and (path == "/v2" or path.startswith("/v2/")):
+        wire = wire_error(exc)
+        return Response(
+            orjson.dumps({"error": public_message(exc)}),
+            status_code=wire.http_status,
+            media_type="application/json",
+            headers=_headers(exc, request_id),
+        )
+    return problem_response(exc, request_id, path)
+
+
+def _headers(exc: BaseException, request_id: str) -> dict[str, str]:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if isinstance(exc, errors.ResourceExhausted | errors.Unavailable):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return headers
+
+
 def problem_response(exc: BaseException, request_id: str, path: str | None = None) -> Response:
     wire = wire_error(exc)
     body: dict[str, Any] = {
@@ -42,14 +63,11 @@ def problem_response(exc: BaseException, request_id: str, path: str | None = Non
     }
     if path:
         body["instance"] = path
-    headers = {"X-Request-ID": request_id} if request_id else {}
-    if isinstance(exc, errors.ResourceExhausted | errors.Unavailable):
-        headers["Retry-After"] = str(exc.retry_after_s)
     return Response(
         orjson.dumps(body),
         status_code=wire.http_status,
         media_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
+        headers=_headers(exc, request_id),
     )
 
 
@@ -89,7 +107,7 @@ def install_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request.scope)
         if isinstance(domain, errors.InternalError):
             log.error("request %s failed", request_id, exc_info=exc)
-        response = problem_response(domain, request_id, request.url.path)
+        response = error_response(domain, request_id, request.url.path)
         if isinstance(exc, HTTPException) and exc.headers:
             response.headers.update(exc.headers)
         return response

@@ -120,7 +120,7 @@ async def classify(request: Request) -> Response:
     arrived = time.monotonic()
     dataplane, settings = _dataplane(request), _settings(request)
     detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
-    timeout_ms = _timeout_ms(request, settings)
+    deadline_ms = timeout_ms(request, settings)
     media = payloads.media_type(request)
     decode_start = time.perf_counter()
     if payloads.is_json(media):
@@ -136,7 +136,7 @@ async def classify(request: Request) -> Response:
         top_k=options.top_k,
         arrived_at=arrived,
         request_id=request_id_of(request.scope),
-        timeout_ms=timeout_ms,
+        timeout_ms=deadline_ms,
         decode_s=time.perf_counter() - decode_start,
     )
     predictions = [class_json(s) for s in (result.classes or [[]])[0]]
@@ -151,7 +151,7 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     arrived = time.monotonic()
     dataplane = _dataplane(request)
     detail = payloads.Detail.from_header(request.headers.get("x-response-detail"))
-    timeout_ms = _timeout_ms(request, _settings(request))
+    deadline_ms = timeout_ms(request, _settings(request))
     served = dataplane.resolve(model, version)
     media = payloads.media_type(request)
     decode_start = time.perf_counter()
@@ -169,7 +169,7 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         inputs=inputs,
         arrived_at=arrived,
         request_id=request_id_of(request.scope),
-        timeout_ms=timeout_ms,
+        timeout_ms=deadline_ms,
         top_k=options.top_k,
         outputs=options.outputs,
     )
@@ -208,7 +208,7 @@ def _prediction_response(
     )
 
 
-def _timeout_ms(request: Request, settings: Settings) -> int | None:
+def timeout_ms(request: Request, settings: Settings) -> int | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return None

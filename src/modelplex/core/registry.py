@@ -7,6 +7,7 @@ recorded as FAILED with its reason; it never stops the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -113,6 +114,7 @@ class ModelRegistry:
         self.repository = repository
         self._settings = settings
         self._models: dict[str, ModelEntry] = {}
+        self._replaced: list[ModelEntry | None] = []
         self._lock = threading.Lock()
         self.loaded = threading.Event()
         """Set once the initial load of the whole repository has finished."""
@@ -142,11 +144,46 @@ class ModelRegistry:
 
     def load_model(self, name: str) -> ModelEntry:
         """(Re)read one model folder; the entry is published only once fully built,
-        so requests never see a half-loaded model."""
+        so requests never see a half-loaded model. The entry it replaces is
+        returned by `reload`, which closes it."""
         entry = self._build_entry(name, self.repository / name)
         with self._lock:
+            self._replaced.append(self._models.get(name))
             self._models[name] = entry
         return entry
+
+    async def reload(self, name: str) -> ModelEntry:
+        """Load (or load again) one model folder while the server runs: a new
+        version folder is served without a restart. The old versions keep
+        answering until the new entry is published, then drain and close."""
+        if not _NAME.match(name) or not (self.repository / name).is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        entry = await asyncio.to_thread(self.load_model, name)
+        await self._close_replaced()
+        return entry
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model: later requests get MODEL_NOT_READY."""
+        old = self.entry(name)
+        unavailable = ModelEntry(name=name, path=old.path, state=ModelState.UNAVAILABLE)
+        unavailable.reason, unavailable.config = "unloaded", old.config
+        with self._lock:
+            self._models[name] = unavailable
+        await self._close_entry(old)
+
+    async def _close_replaced(self) -> None:
+        with self._lock:
+            replaced, self._replaced = self._replaced, []
+        for entry in replaced:
+            if entry is not None:
+                await self._close_entry(entry)
+
+    @staticmethod
+    async def _close_entry(entry: ModelEntry) -> None:
+        for served in entry.versions.values():
+            await served.batcher.close()
+            served.executor.shutdown(wait=False, cancel_futures=True)
+            served.runtime.close()
 
     def _build_entry(self, name: str, folder: Path) -> ModelEntry:
         started = time.perf_counter()
@@ -268,13 +305,11 @@ class ModelRegistry:
         )
 
     async def close(self) -> None:
+        await self._close_replaced()
         with self._lock:
             entries = list(self._models.values())
         for entry in entries:
-            for served in entry.versions.values():
-                await served.batcher.close()
-                served.executor.shutdown(wait=False, cancel_futures=True)
-                served.runtime.close()
+            await self._close_entry(entry)
 
     # -- lookup ----------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
@@ -305,6 +340,6 @@ class ModelRegistry:
             raise ModelNotReady(
                 f"model '{model}' version '{version}' failed to load: {failure.reason}"
             )
-        if entry.state is ModelState.FAILED and not entry.versions:
+        if entry.state in (ModelState.FAILED, ModelState.UNAVAILABLE) and not entry.versions:
             raise ModelNotReady(f"model '{model}' is not ready: {entry.reason}")
         raise VersionNotFound(f"model '{model}' has no version '{version}'")

@@ -14,7 +14,7 @@ from modelplex.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_NOT_FOR_WORKERS = frozenset({"config_file", "host", "port", "workers"})
+_NOT_FOR_WORKERS = frozenset({"config_file", "host", "port", "grpc_port", "workers"})
 
 
 def worker_environment(settings: Settings, repository: Path, database_url: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""The gRPC adapter: `inference.GRPCInferenceService` over the data plane."""

@@ -1,0 +1,141 @@
+"""Tensor encodings of the protocol: JSON data, raw little-endian bytes, BYTES framing."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from modelplex.core.tensors import Array, Datatype
+from modelplex.errors import InvalidInput
+
+_LENGTH = struct.Struct("<I")
+
+
+def datatype_of(name: str) -> Datatype:
+    try:
+        return Datatype(name.upper())
+    except ValueError:
+        raise InvalidInput(
+            f"unknown datatype '{name}'; expected one of {[d.value for d in Datatype]}"
+        ) from None
+
+
+def check_shape(shape: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"{what}: shape must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str) -> Array:
+    """`data` (flat or nested, row-major) as a tensor of `shape`."""
+    flat = _flatten(data)
+    if len(flat) != element_count(shape):
+        raise InvalidInput(f"{what}: {len(flat)} values for shape {list(shape)}")
+    if datatype is Datatype.BYTES:
+        array = np.empty(len(flat), dtype=object)
+        for i, value in enumerate(flat):
+            if not isinstance(value, str | bytes):
+                raise InvalidInput(f"{what}: BYTES data must be strings")
+            array[i] = value.encode() if isinstance(value, str) else value
+        return array.reshape(shape)
+    try:
+        raw = np.asarray(flat)
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{what}: data is not numeric") from None
+    kind = raw.dtype.kind
+    if flat and datatype is Datatype.BOOL and kind != "b":
+        raise InvalidInput(f"{what}: BOOL data must be true or false")
+    if flat and datatype is not Datatype.BOOL and kind not in "iuf":
+        raise InvalidInput(f"{what}: {datatype} data must be numbers")
+    if flat and datatype.numpy_dtype.kind in "iu" and kind == "f":
+        raise InvalidInput(f"{what}: {datatype} data must be integers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = raw.astype(datatype.numpy_dtype)
+    if flat and datatype.numpy_dtype.kind in "iu" and not np.array_equal(array, raw):
+        raise InvalidInput(f"{what}: values out of range for {datatype}")
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if data and isinstance(data[0], list):
+        out: list[Any] = []
+        for item in data:
+            out.extend(_flatten(item))
+        return out
+    return data
+
+
+def from_raw(raw: bytes, datatype: Datatype, shape: tuple[int, ...], what: str) -> Array:
+    """Little-endian raw bytes (BYTES: 4-byte length prefixes) as a tensor of `shape`."""
+    count = element_count(shape)
+    if datatype is Datatype.BYTES:
+        items = split_bytes(raw, what)
+        if len(items) != count:
+            raise InvalidInput(f"{what}: {len(items)} BYTES elements for shape {list(shape)}")
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = datatype.numpy_dtype.newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"{what}: {len(raw)} bytes for shape {list(shape)} of {datatype} "
+            f"(expected {count * dtype.itemsize})"
+        )
+    return np.frombuffer(raw, dtype=dtype).astype(datatype.numpy_dtype, copy=False).reshape(shape)
+
+
+def split_bytes(raw: bytes, what: str) -> list[bytes]:
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"{what}: truncated BYTES length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"{what}: a BYTES element runs past the end of the data")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    return items
+
+
+def to_raw(tensor: Array) -> bytes:
+    """A tensor as protocol raw bytes."""
+    if tensor.dtype == object:
+        parts = []
+        for value in tensor.reshape(-1):
+            data = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(tensor, dtype=tensor.dtype.newbyteorder("<")).tobytes()
+
+
+def to_json(tensor: Array) -> list[Any]:
+    """A tensor as flat JSON data (BYTES as UTF-8 text where possible)."""
+    if tensor.dtype == object:
+        out: list[Any] = []
+        for value in tensor.reshape(-1):
+            if isinstance(value, bytes):
+                try:
+                    out.append(value.decode())
+                except UnicodeDecodeError:
+                    raise InvalidInput(
+                        "a BYTES output is not UTF-8: ask for it as binary data"
+                    ) from None
+            else:
+                out.append(value)
+        return out
+    flat: list[Any] = tensor.reshape(-1).tolist()
+    return flat

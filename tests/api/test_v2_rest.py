@@ -1,0 +1,240 @@
+"""The Open Inference Protocol over REST with the stock tritonclient (HTTP), JSON and binary."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from sklearn.datasets import load_digits
+from tritonclient.utils import InferenceServerException
+
+from modelplex.core.model_config import load_model_config
+from modelplex.core.preprocessing import ImagePreprocessor
+from modelplex.server import RunningServer, start
+from tests.conftest import settings_for, wait_ready
+
+DIGITS = load_digits(return_X_y=True)[0][1500:1508].astype(np.float32)
+
+
+def triton_client(server: RunningServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=30)
+
+
+@pytest.fixture
+def triton_http(
+    example_server: RunningServer, client: httpx.Client
+) -> Iterator[triton.InferenceServerClient]:
+    http = triton_client(example_server)
+    yield http
+    http.close()
+
+
+def test_health_and_metadata(triton_http: triton.InferenceServerClient) -> None:
+    assert triton_http.is_server_live()
+    assert triton_http.is_server_ready()
+    metadata = triton_http.get_server_metadata()
+    assert metadata["name"] == "modelplex"
+    assert "binary_tensor_data" in metadata["extensions"]
+    digits = triton_http.get_model_metadata("digits")
+    assert digits["versions"] == ["1", "2"]
+    assert digits["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert triton_http.is_model_ready("digits")
+    assert triton_http.is_model_ready("digits", "1")
+    images = triton_http.get_model_metadata("image-classifier")
+    assert images["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    bare = triton_http.get_model_metadata("efficientnet-lite0")
+    assert bare["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("version", ["", "1"])
+def test_digits_match_the_v1_api(
+    triton_http: triton.InferenceServerClient, client: httpx.Client, binary: bool, version: str
+) -> None:
+    tensor = triton.InferInput("pixels", list(DIGITS.shape), "FP32")
+    tensor.set_data_from_numpy(DIGITS, binary_data=binary)
+    outputs = [
+        triton.InferRequestedOutput("probabilities", binary_data=binary),
+        triton.InferRequestedOutput("label", binary_data=binary),
+    ]
+    result = triton_http.infer(
+        "digits", [tensor], model_version=version, outputs=outputs, request_id="r-7"
+    )
+    assert result.get_response()["id"] == "r-7"
+    assert result.get_response()["model_version"] == (version or "2")
+    path = (
+        f"/v1/models/digits/versions/{version}/predict" if version else "/v1/models/digits/predict"
+    )
+    v1 = client.post(path, json={"instances": DIGITS.tolist(), "parameters": {"top_k": 10}}).json()
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (8, 10)
+    assert result.as_numpy("label").tolist() == [p["class_id"] for p in v1["predictions"]]
+    expected = np.zeros((8, 10), dtype=np.float32)
+    for row, prediction in enumerate(v1["predictions"]):
+        for c in prediction["top_k"]:
+            expected[row, c["class_id"]] = c["confidence"]
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_image_bytes_with_the_classification_extension(
+    triton_http: triton.InferenceServerClient, client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    names = sorted(photos)
+    tensor = triton.InferInput("image", [len(names)], "BYTES")
+    tensor.set_data_from_numpy(np.array([photos[n] for n in names], dtype=object))
+    result = triton_http.infer(
+        "image-classifier", [tensor],
+        outputs=[triton.InferRequestedOutput("probabilities", class_count=3)],
+    )  # fmt: skip
+    rows = result.as_numpy("probabilities")
+    assert rows.shape == (3, 3)
+    for name, row in zip(names, rows, strict=True):
+        v1 = client.post("/v1/classify", files={"image": (name, photos[name])}, data={"top_k": "3"})
+        expected = [p["class_id"] for p in v1.json()["predictions"]]
+        got = [int(entry.decode().split(":")[1]) for entry in row]
+        assert got == expected
+        score, _, label = row[0].decode().split(":", 2)
+        assert label == v1.json()["predictions"][0]["label"]
+        assert float(score) == pytest.approx(v1.json()["predictions"][0]["confidence"], abs=1e-5)
+
+
+def test_bare_network_on_preprocessed_tensors(
+    triton_http: triton.InferenceServerClient, example_repo: Path, photos: dict[str, bytes]
+) -> None:
+    """Clients that pre-process themselves send FP32 NCHW tensors to efficientnet-lite0."""
+    config = load_model_config(example_repo / "image-classifier" / "model.toml")
+    assert config.preprocessing is not None
+    files = np.empty(1, dtype=object)
+    files[0] = photos["coffee.png"]
+    pixels = ImagePreprocessor(config.preprocessing, 10**8)({"image": files}).inputs["input"]
+    tensor = triton.InferInput("input", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    result = triton_http.infer("efficientnet-lite0", [tensor])
+    assert int(result.as_numpy("probabilities")[0].argmax()) == 967
+
+
+def test_compressed_requests_and_responses(triton_http: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("pixels", list(DIGITS.shape), "FP32")
+    tensor.set_data_from_numpy(DIGITS, binary_data=False)
+    plain = triton_http.infer("digits", [tensor]).as_numpy("probabilities")
+    for algorithm in ("gzip", "deflate"):
+        result = triton_http.infer(
+            "digits", [tensor],
+            request_compression_algorithm=algorithm, response_compression_algorithm=algorithm,
+        )  # fmt: skip
+        np.testing.assert_array_equal(result.as_numpy("probabilities"), plain)
+
+
+def test_config_and_statistics(triton_http: triton.InferenceServerClient) -> None:
+    config = triton_http.get_model_config("digits")
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [64]}]
+    before = triton_http.get_inference_statistics("digits", "2")["model_stats"][0]
+    tensor = triton.InferInput("pixels", [2, 64], "FP32")
+    tensor.set_data_from_numpy(DIGITS[:2])
+    triton_http.infer("digits", [tensor])
+    after = triton_http.get_inference_statistics("digits", "2")["model_stats"][0]
+    assert after["inference_count"] == before["inference_count"] + 2
+    assert (
+        after["inference_stats"]["success"]["count"]
+        == before["inference_stats"]["success"]["count"] + 1
+    )
+    assert {
+        "name": "digits",
+        "version": "2",
+        "state": "READY",
+    } in triton_http.get_model_repository_index()
+
+
+def expect_error(call: Callable[[], object], status: int, fragment: str) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        call()
+    assert raised.value.status() == str(status)
+    assert fragment in raised.value.message()
+
+
+def test_error_paths(triton_http: triton.InferenceServerClient) -> None:
+    good = triton.InferInput("pixels", [1, 64], "FP32")
+    good.set_data_from_numpy(DIGITS[:1])
+    expect_error(lambda: triton_http.infer("nope", [good]), 404, "does not exist")
+    expect_error(lambda: triton_http.infer("digits", [good], model_version="9"), 404, "no version")
+    wrong_type = triton.InferInput("pixels", [1, 64], "FP64")
+    wrong_type.set_data_from_numpy(DIGITS[:1].astype(np.float64))
+    expect_error(lambda: triton_http.infer("digits", [wrong_type]), 422, "datatype FP64")
+    wrong_shape = triton.InferInput("pixels", [2, 32], "FP32")
+    wrong_shape.set_data_from_numpy(DIGITS[:1].reshape(2, 32))
+    expect_error(lambda: triton_http.infer("digits", [wrong_shape]), 422, "shape [2, 32]")
+    broken = triton.InferInput("image", [1], "BYTES")
+    broken.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    expect_error(lambda: triton_http.infer("image-classifier", [broken]), 422, "image")
+
+
+def test_error_bodies_follow_the_protocol(client: httpx.Client) -> None:
+    response = client.post("/v2/models/digits/infer", json={"inputs": "nope"})
+    assert response.status_code == 422
+    assert response.json() == {"error": "'inputs' must be a non-empty list"}
+    assert client.get("/v2/models/nope").json()["error"] == "model 'nope' does not exist"
+    bad_binary = client.post(
+        "/v2/models/digits/infer",
+        content=b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,64],'
+        b'"parameters":{"binary_data_size":256}}]}' + b"\x00" * 10,
+        headers={
+            "Inference-Header-Content-Length": "96",
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert bad_binary.status_code == 422
+    bomb = client.post(
+        "/v2/models/digits/infer",
+        content=b"\x1f\x8b not gzip",
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert bomb.status_code == 422
+
+
+def test_deadline_and_overload(zoo_server: RunningServer, zoo: httpx.Client) -> None:
+    http = triton.InferenceServerClient(zoo_server.url.removeprefix("http://"), concurrency=12)
+    slow = triton.InferInput("x", [1, 2], "FP32")
+    slow.set_data_from_numpy(np.ones((1, 2), dtype=np.float32))
+    expect_error(lambda: http.infer("held", [slow], timeout=100_000), 504, "did not answer")
+    pending = [http.async_infer("tiny-queue", [slow]) for _ in range(12)]
+    statuses = []
+    for request in pending:
+        try:
+            request.get_result()
+            statuses.append("200")
+        except InferenceServerException as exc:
+            statuses.append(exc.status())
+    assert set(statuses) == {"200", "503"}  # a queue of 2 + 1 running; the rest shed at once
+    assert statuses.count("503") >= 8
+    http.close()
+
+
+def test_repository_load_and_unload(
+    example_repo: Path, tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(example_repo / "digits", repo / "digits")
+    shutil.rmtree(repo / "digits" / "1")
+    with start(settings_for(tmp_path), repo) as server, httpx.Client(base_url=server.url) as http:
+        wait_ready(http)
+        tritonc = triton_client(server)
+        assert tritonc.get_model_metadata("digits")["versions"] == ["2"]
+        tritonc.unload_model("digits")
+        assert not tritonc.is_model_ready("digits")
+        tensor = triton.InferInput("pixels", [1, 64], "FP32")
+        tensor.set_data_from_numpy(DIGITS[:1])
+        expect_error(lambda: tritonc.infer("digits", [tensor]), 503, "not ready")
+        shutil.copytree(example_repo / "digits" / "1", repo / "digits" / "1")  # a new version
+        shutil.copytree(example_repo / "digits" / "2", repo / "digits" / "3")
+        tritonc.load_model("digits")
+        assert tritonc.is_model_ready("digits")
+        assert tritonc.get_model_metadata("digits")["versions"] == ["1", "2", "3"]
+        assert tritonc.infer("digits", [tensor], model_version="3").as_numpy("label").shape == (1,)
+        expect_error(lambda: tritonc.load_model("nothing-here"), 404, "not in the repository")
+        tritonc.close()
