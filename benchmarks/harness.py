@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -144,50 +147,75 @@ class Point:
         return asdict(self)
 
 
-def wrk(
-    url: str, body: Path, content_type: str, concurrency: int, seconds: float
-) -> dict[str, Any]:
-    threads = 1 if concurrency == 1 else 2
-    result = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(HERE / "post.lua"),
-            url,
-        ],
-        env={**os.environ, "WRK_BODY": str(body), "WRK_CTYPE": content_type},
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    )
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+Load = Callable[[int, float], dict[str, Any]]
+"""(concurrency, seconds) -> {requests, duration_us, p50_us, p99_us, socket_errors, non2xx}."""
+
+
+def wrk(url: str, body: Path, content_type: str, header: str = "") -> Load:
+    """POSTs of `body` by wrk (HTTP/1.1) with a Lua script that counts non-2xx answers."""
+
+    def run(concurrency: int, seconds: float) -> dict[str, Any]:
+        threads = 1 if concurrency == 1 else 2
+        result = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
+             "--timeout", "10s", "-s", str(HERE / "post.lua"), url],
+            env={**os.environ, "WRK_BODY": str(body), "WRK_CTYPE": content_type,
+                 "WRK_HEADER": header},
+            capture_output=True, text=True, timeout=seconds + 60, check=True,
+        )  # fmt: skip
+        return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    return run
+
+
+def h2load(url: str, body: Path, headers: list[str]) -> Load:
+    """POSTs of `body` by h2load (HTTP/2, one stream per connection): a C load
+    generator for gRPC, whose messages are HTTP/2 POSTs of framed protobuf.
+    Latency percentiles come from its per-request log."""
+
+    def run(concurrency: int, seconds: float) -> dict[str, Any]:
+        with tempfile.NamedTemporaryFile(suffix=".log") as log_file:
+            result = subprocess.run(
+                ["h2load", "-c", str(concurrency), "-m", "1", "-D", str(max(1, round(seconds))),
+                 "-d", str(body), "--log-file", log_file.name,
+                 *[arg for h in headers for arg in ("-H", h)], url],
+                capture_output=True, text=True, timeout=seconds + 60, check=True,
+            )  # fmt: skip
+            rows = [line.split() for line in Path(log_file.name).read_text().splitlines()]
+        durations = sorted(int(r[2]) for r in rows if len(r) >= 3)
+        failed = sum(1 for r in rows if len(r) >= 3 and r[1] != "200")
+        match = re.search(r"finished in ([\d.]+)(m?s)", result.stdout)
+        elapsed = (
+            float(match.group(1)) / (1000 if match.group(2) == "ms" else 1) if match else seconds
+        )
+        return {
+            "requests": len(durations),
+            "duration_us": elapsed * 1e6,
+            "p50_us": durations[len(durations) // 2] if durations else 0,
+            "p99_us": durations[int(len(durations) * 0.99)] if durations else 0,
+            "socket_errors": 0,
+            "non2xx": failed,
+        }
+
+    return run
 
 
 def measure(
     server: Server,
     workload: str,
-    path: str,
-    body: Path,
-    content_type: str,
+    load: Load,
     concurrency: int,
     *,
     warmup_s: float = 3,
     seconds: float = 10,
 ) -> Point:
-    url = server.url + path
     for _attempt in range(3):
-        wrk(url, body, content_type, concurrency, warmup_s)
-        _children_cpu()  # forget the warm-up's wrk
+        load(concurrency, warmup_s)
+        _children_cpu()  # forget the warm-up's load generator
         pids = server.pids()
         server_before, self_before = cpu_seconds(pids), _self_cpu()
         busy_before, wall_before = machine_busy_seconds(), time.monotonic()
-        result = wrk(url, body, content_type, concurrency, seconds)
+        result = load(concurrency, seconds)
         wall = time.monotonic() - wall_before
         busy = machine_busy_seconds() - busy_before
         server_cpu = cpu_seconds(pids) - server_before

@@ -162,7 +162,7 @@ def wait_all_done(url: str, n: int, timeout: float = 600) -> None:
 
 
 def submit_with_wrk(url: str, body: Path, seconds: int) -> dict[str, Any]:
-    result = wrk(url + "/v1/jobs", body, "application/json", SUBMITTERS, seconds)
+    result = wrk(url + "/v1/jobs", body, "application/json")(SUBMITTERS, seconds)
     if result["non2xx"] or result["socket_errors"]:
         raise RuntimeError(f"submissions failed: {result}")
     return result

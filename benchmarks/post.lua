@@ -1,10 +1,16 @@
--- wrk script: POST the body in $WRK_BODY with Content-Type $WRK_CTYPE, count
--- non-2xx answers, and print one JSON line of results when done.
+-- wrk script: POST the body in $WRK_BODY with Content-Type $WRK_CTYPE (and the
+-- header in $WRK_HEADER, "Name: value", if set), count non-2xx answers, and
+-- print one JSON line of results when done.
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("WRK_CTYPE")
+local extra = os.getenv("WRK_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 local threads = {}
 function setup(thread)

@@ -33,7 +33,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import modelplex
-from benchmarks.harness import Point, Server, free_port, measure
+from benchmarks.harness import Point, Server, free_port, measure, wrk
 from modelplex.core.model_config import load_model_config
 from modelplex.core.preprocessing import ImagePreprocessor
 from modelplex.examples import ensure_example_repository
@@ -174,12 +174,11 @@ def main() -> None:
         for c in CONCURRENCY:
             for name in ("modelplex", "handwritten", "noop"):
                 path = "/v1/models/digits/predict" if name == "modelplex" else "/predict"
+                load = wrk(servers[name].url + path, digits_body, "application/json")
                 point = measure(
                     servers[name],
                     "digits JSON",
-                    path,
-                    digits_body,
-                    "application/json",
+                    load,
                     c,
                     warmup_s=args.warmup,
                     seconds=args.seconds,
@@ -189,16 +188,11 @@ def main() -> None:
         for name in ("handwritten", "noop"):
             servers.pop(name).stop()
         for c in IMAGE_CONCURRENCY:
+            load = wrk(servers["modelplex"].url + "/v1/classify", image_body, image_type)
             point = measure(
-                servers["modelplex"],
-                "classify JPEG 224",
-                "/v1/classify",
-                image_body,
-                image_type,
-                c,
-                warmup_s=args.warmup,
-                seconds=args.seconds,
-            )
+                servers["modelplex"], "classify JPEG 224", load, c,
+                warmup_s=args.warmup, seconds=args.seconds,
+            )  # fmt: skip
             print(f"  classify     c={c:<3} {point.rps:8,.0f} req/s", flush=True)
             points.append(point)
     finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from modelplex.core.model_config import load_model_config
 from modelplex.core.preprocessing import ImagePreprocessor
 from modelplex.server import RunningServer, start
 from tests.conftest import settings_for, wait_ready
+from tests.helpers import write_python_model
 
 DIGITS = load_digits(return_X_y=True)[0][1500:1508].astype(np.float32)
 
@@ -238,3 +242,50 @@ def test_repository_load_and_unload(
         assert tritonc.infer("digits", [tensor], model_version="3").as_numpy("label").shape == (1,)
         expect_error(lambda: tritonc.load_model("nothing-here"), 404, "not in the repository")
         tritonc.close()
+
+
+def test_classification_count_is_capped_at_the_classes(
+    triton_http: triton.InferenceServerClient,
+) -> None:
+    tensor = triton.InferInput("pixels", [2, 64], "FP32")
+    tensor.set_data_from_numpy(DIGITS[:2])
+    result = triton_http.infer(
+        "digits", [tensor], outputs=[triton.InferRequestedOutput("probabilities", class_count=25)]
+    )
+    assert result.as_numpy("probabilities").shape == (2, 10)
+
+
+def test_a_small_gzip_bomb_stays_small(zoo: httpx.Client) -> None:
+    bomb = gzip.compress(b"0" * (8 * 1024 * 1024))  # 8 MiB of zeros in a few KiB
+    response = zoo.post(
+        "/v2/models/doubler/infer",
+        content=bomb,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["error"]
+
+
+def test_reload_lets_accepted_requests_finish(zoo_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "held", delay_ms=600)
+    with (
+        start(settings_for(tmp_path), repo) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        wait_ready(http)
+        answers: dict[str, httpx.Response] = {}
+
+        def slow_request() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as other:
+                answers["r"] = other.post("/v1/models/held/predict", json={"instance": [1, 2]})
+
+        runner = threading.Thread(target=slow_request)
+        runner.start()
+        time.sleep(0.2)  # the request is running on the old version
+        assert http.post("/v2/repository/models/held/load").status_code == 200
+        runner.join(timeout=30)
+        assert answers["r"].status_code == 200
+        assert answers["r"].json()["predictions"] == [{"y": [2.0, 4.0]}]
+        after = http.post("/v1/models/held/predict", json={"instance": [3, 4]})
+        assert after.json()["predictions"] == [{"y": [6.0, 8.0]}]

@@ -261,3 +261,26 @@ def test_admission_counts_rows_before_they_are_queued() -> None:
     asyncio.run(main())
     assert stats.rejected_overload == 1
     executor.shutdown()
+
+
+def test_drain_finishes_accepted_requests_and_refuses_new_ones() -> None:
+    model = Recorder()
+    batcher, _, executor = make(model, max_batch_size=1, max_batch_delay_s=0)
+
+    async def main() -> list[list[float]]:
+        model.release.clear()
+        running = asyncio.create_task(submit(batcher, 1))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(submit(batcher, 2))
+        await asyncio.sleep(0)
+        draining = asyncio.create_task(batcher.drain(5.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ModelNotReady):
+            await submit(batcher, 3)
+        model.release.set()
+        await draining
+        return [await running, await queued]
+
+    assert asyncio.run(main()) == [[2.0], [4.0]]
+    assert model.calls == [1, 1]
+    executor.shutdown()

@@ -115,6 +115,7 @@ class Batcher:
         self.instances = instances
         self._free = asyncio.Semaphore(instances)
         self._running: set[asyncio.Task[None]] = set()
+        self._batch_done = asyncio.Event()
 
     @property
     def queued_rows(self) -> int:
@@ -202,6 +203,17 @@ class Batcher:
                 self._run(), name=f"batcher:{self.name}"
             )
 
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking requests, let queued and running batches finish (up to
+        `timeout_s`), then close: a reload or unload loses no accepted request."""
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._queue or self._running:
+                    self._batch_done.clear()
+                    await self._batch_done.wait()
+        await self.close()
+
     async def close(self) -> None:
         """Stop taking requests; fail whatever is still queued."""
         self._closed = True
@@ -255,6 +267,7 @@ class Batcher:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._free.release()
+        self._batch_done.set()
 
     async def _wait_for_fuller_batch(self) -> None:
         if self.max_batch_delay_s <= 0:

@@ -36,6 +36,8 @@ from modelplex.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DRAIN_S = 10.0
+"""How long a replaced or unloaded version may finish the requests it accepted."""
 MODEL_FILE = "model.toml"
 PIPELINE_FILE = "pipeline.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -181,7 +183,7 @@ class ModelRegistry:
     @staticmethod
     async def _close_entry(entry: ModelEntry) -> None:
         for served in entry.versions.values():
-            await served.batcher.close()
+            await served.batcher.drain(DRAIN_S)
             served.executor.shutdown(wait=False, cancel_futures=True)
             served.runtime.close()
 

@@ -234,7 +234,8 @@ def _classification_tensor(output: RequestedOutput, classes: list[Any], k: int) 
     rows = [
         [f"{c.confidence:f}:{c.class_id}:{c.label}".encode() for c in row[:k]] for row in classes
     ]
-    data = np.empty((len(rows), k), dtype=object)
+    width = max((len(row) for row in rows), default=0)  # k is capped at the number of classes
+    data = np.empty((len(rows), width), dtype=object)
     for i, row in enumerate(rows):
         data[i, : len(row)] = row
     return V2Tensor(output.name, Datatype.BYTES, data.shape, data, output.parameters)
