@@ -145,6 +145,41 @@ def test_typed_contents_without_raw_bytes(grpc_server: GrpcServer) -> None:
     assert labels.tolist() == [int(load_digits(return_X_y=True)[1][1500])]
 
 
+def test_malformed_requests_are_invalid_argument(grpc_server: GrpcServer) -> None:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def call(build: Callable[[service_pb2.ModelInferRequest], None]) -> grpc.RpcError:
+        request = service_pb2.ModelInferRequest(model_name="digits")
+        build(request)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request, timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return raised.value
+
+    def huge_shape(request: service_pb2.ModelInferRequest) -> None:
+        request.inputs.add(name="pixels", datatype="FP32", shape=[2**62, 2**62])
+        request.raw_input_contents.append(b"")
+
+    def int_out_of_range(request: service_pb2.ModelInferRequest) -> None:
+        request.model_name = "tiny-queue"
+        tensor = request.inputs.add(name="x", datatype="INT8", shape=[1, 2])
+        tensor.contents.int_contents.extend([1, 300])
+
+    def bad_timeout(request: service_pb2.ModelInferRequest) -> None:
+        tensor = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+        tensor.contents.fp32_contents.extend(DIGITS[0].tolist())
+        request.parameters["timeout"].string_param = "soon"
+
+    with grpc.insecure_channel(grpc_server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert "shape must be" in str(call(huge_shape).details())
+        assert "out of range for INT8" in str(call(int_out_of_range).details())
+        assert "timeout parameter" in str(call(bad_timeout).details())
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="digits", version="9"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_image_classification_over_grpc(
     client: triton.InferenceServerClient, photos: dict[str, bytes]
 ) -> None:
@@ -159,7 +194,7 @@ def test_image_classification_over_grpc(
 
 
 def test_bidirectional_stream(client: triton.InferenceServerClient) -> None:
-    answers: list[tuple[object, object]] = []
+    answers: list[tuple[triton.InferResult | None, InferenceServerException | None]] = []
     client.start_stream(callback=lambda result, error: answers.append((result, error)))
     for i in range(6):
         tensor = triton.InferInput("pixels", [1, 64], "FP32")
@@ -172,13 +207,34 @@ def test_bidirectional_stream(client: triton.InferenceServerClient) -> None:
     while len(answers) < 7 and time.monotonic() < deadline:
         time.sleep(0.02)
     client.stop_stream()
-    results = {r.get_response().id: r for r, e in answers if r is not None}  # type: ignore[attr-defined]
+    results = {r.get_response().id: r for r, e in answers if r is not None}
     errors = [e for r, e in answers if e is not None]
     assert sorted(results) == [f"s-{i}" for i in range(6)]
     expected = load_digits(return_X_y=True)[1][1500:1506].tolist()
-    assert [int(results[f"s-{i}"].as_numpy("label")[0]) for i in range(6)] == expected  # type: ignore[attr-defined]
+    assert [int(results[f"s-{i}"].as_numpy("label")[0]) for i in range(6)] == expected
     assert len(errors) == 1
     assert "datatype FP64" in str(errors[0])
+
+
+def test_a_long_stream_is_answered_in_full(client: triton.InferenceServerClient) -> None:
+    """More requests than the in-flight bound (servicer.STREAM_IN_FLIGHT, 64; not
+    imported: its protobuf module cannot share a process with tritonclient's):
+    the gate must hand out places again."""
+    answers: list[tuple[triton.InferResult | None, InferenceServerException | None]] = []
+    client.start_stream(callback=lambda result, error: answers.append((result, error)))
+    total = 200
+    for i in range(total):
+        tensor = triton.InferInput("pixels", [1, 64], "FP32")
+        tensor.set_data_from_numpy(DIGITS[i % 6 : i % 6 + 1])
+        client.async_stream_infer("digits", [tensor], request_id=f"n-{i}")
+    deadline = time.monotonic() + 60
+    while len(answers) < total and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.stop_stream()
+    assert [e for _, e in answers if e is not None] == []
+    assert sorted(r.get_response().id for r, _ in answers if r is not None) == sorted(
+        f"n-{i}" for i in range(total)
+    )
 
 
 def expect_status(call: Callable[[], object], status: str, fragment: str = "") -> None:

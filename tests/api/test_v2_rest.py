@@ -201,6 +201,89 @@ def test_error_bodies_follow_the_protocol(client: httpx.Client) -> None:
     assert bomb.status_code == 422
 
 
+def _infer(client: httpx.Client, tensor: dict[str, object], **body: object) -> httpx.Response:
+    return client.post("/v2/models/digits/infer", json={"inputs": [tensor], **body})
+
+
+def nested(value: object, depth: int) -> object:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _pixels(**fields: object) -> dict[str, object]:
+    return {"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64, **fields}
+
+
+@pytest.mark.parametrize(
+    ("tensor", "fragment"),
+    [
+        (_pixels(shape=[2**40 + 1]), "shape must be"),
+        (_pixels(shape=[2**40, 2**40, 2**40]), "64 values for shape"),
+        (_pixels(shape=[1] * 40), "at most 32 dimensions"),
+        (_pixels(shape=[0, 2**40], data=[]), "shape"),
+        (_pixels(data=[[0.0] * 32, [[0.0] * 31]]), "63 values for shape"),
+        (_pixels(shape=[1, 1], data=nested([0], 40)), "nested deeper"),
+        (_pixels(datatype="FP16", data=[70000.0] * 64), "out of range"),
+        (_pixels(data=[True] * 64), "expects numbers"),
+        (_pixels(data=["1"] * 64), "expects numbers"),
+        (_pixels(parameters={"binary_data_size": True}), "binary_data_size"),
+    ],
+)  # fmt: skip
+def test_hostile_tensors_get_clear_errors(
+    client: httpx.Client, tensor: dict[str, object], fragment: str
+) -> None:
+    response = _infer(client, tensor)
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_flags_and_headers_are_read_strictly(client: httpx.Client) -> None:
+    typo = _infer(client, _pixels(), parameters={"binary_data_output": "yes"})
+    assert typo.status_code == 422
+    assert "binary_data_output" in typo.json()["error"]
+    output = _infer(
+        client, _pixels(), outputs=[{"name": "label", "parameters": {"binary_data": 1}}]
+    )
+    assert output.status_code == 422
+    ready = client.post("/v2/repository/index", json={"ready": "false"})
+    assert ready.status_code == 422
+    body = b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,64],"data":' + (
+        b"[" + b",".join([b"0.5"] * 64) + b"]}]}"
+    )
+    # Digits int() would read but the header grammar does not allow, and overlong ones.
+    for length in ("\u00b2".encode("latin-1"), "\u0661".encode(), b"+12", b"-1", b"1" * 13):
+        response = client.post(
+            "/v2/models/digits/infer",
+            content=body,
+            headers={"Inference-Header-Content-Length": length},
+        )
+        assert response.status_code == 422, length
+        assert "Inference-Header-Content-Length" in response.json()["error"]
+    refused = client.post(
+        "/v2/models/digits/infer",
+        content=body.replace(b"[1,64]", b"[8,64]").replace(
+            b"[" + b",".join([b"0.5"] * 64) + b"]", b"[" + b",".join([b"0.5"] * 512) + b"]"
+        ),
+        headers={"Accept-Encoding": "gzip;q=0, deflate;q=0"},
+    )
+    assert refused.status_code == 200
+    assert "content-encoding" not in refused.headers
+    assert len(refused.content) > 1024  # large enough that it would have been compressed
+
+
+def test_statistics_of_an_unknown_version_is_not_found(client: httpx.Client) -> None:
+    response = client.get("/v2/models/digits/versions/9/stats")
+    assert response.status_code == 404
+    assert "no loaded version '9'" in response.json()["error"]
+
+
+def test_timeout_parameter_is_validated(client: httpx.Client) -> None:
+    response = _infer(client, _pixels(), parameters={"timeout": "soon"})
+    assert response.status_code == 422
+    assert "timeout" in response.json()["error"]
+
+
 def test_deadline_and_overload(zoo_server: RunningServer, zoo: httpx.Client) -> None:
     http = triton.InferenceServerClient(zoo_server.url.removeprefix("http://"), concurrency=12)
     slow = triton.InferInput("x", [1, 2], "FP32")
@@ -241,6 +324,12 @@ def test_repository_load_and_unload(
         assert tritonc.get_model_metadata("digits")["versions"] == ["1", "2", "3"]
         assert tritonc.infer("digits", [tensor], model_version="3").as_numpy("label").shape == (1,)
         expect_error(lambda: tritonc.load_model("nothing-here"), 404, "not in the repository")
+        expect_error(
+            lambda: tritonc.load_model("digits", config='{"max_batch_size": 2}'),
+            422,
+            "not supported",
+        )
+        assert tritonc.is_model_ready("digits")
         tritonc.close()
 
 

@@ -284,3 +284,39 @@ def test_drain_finishes_accepted_requests_and_refuses_new_ones() -> None:
     assert asyncio.run(main()) == [[2.0], [4.0]]
     assert model.calls == [1, 1]
     executor.shutdown()
+
+
+def test_drain_waits_for_requests_admitted_before_it() -> None:
+    """A request admitted (pre-processing) before a reload began still runs."""
+    model = Recorder()
+    batcher, _, executor = make(model, max_batch_delay_s=0)
+
+    async def main() -> list[float]:
+        admission = batcher.admit(1)
+        draining = asyncio.create_task(batcher.drain(5.0))
+        await asyncio.sleep(0.05)
+        assert not draining.done()  # held open by the admission
+        with pytest.raises(ModelNotReady):
+            batcher.admit(1)
+        outcome = await batcher.submit(rows(5), 1, None, admission)
+        await asyncio.wait_for(draining, 5)
+        return [float(v) for v in outcome.outputs["y"].reshape(-1)]
+
+    assert asyncio.run(main()) == [10.0]
+    executor.shutdown()
+
+
+def test_a_released_admission_ends_the_drain() -> None:
+    batcher, _, executor = make(Recorder())
+
+    async def main() -> None:
+        admission = batcher.admit(2)
+        draining = asyncio.create_task(batcher.drain(5.0))
+        await asyncio.sleep(0.05)
+        admission.release()  # e.g. pre-processing failed
+        await asyncio.wait_for(draining, 1)
+        with pytest.raises(ModelNotReady):
+            await batcher.submit(rows(1), 1, None, admission)
+
+    asyncio.run(main())
+    executor.shutdown()

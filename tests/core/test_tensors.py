@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from modelplex.core.tensors import (
     Datatype,
     TensorSpec,
     bytes_batch,
+    cast_checked,
     decode_base64,
     row_to_json,
     to_tensor,
@@ -107,3 +109,31 @@ def test_binary_bytes_outputs_render_as_b64() -> None:
     tensor[:] = [b"text", b"\xff\xfe"]
     assert row_to_json(tensor, 0) == "text"
     assert row_to_json(tensor, 1) == {"b64": "//4="}
+
+
+@pytest.mark.parametrize(
+    ("raw", "datatype", "fragment"),
+    [
+        (np.array([1.5]), Datatype.INT32, "integers"),
+        (np.array([True]), Datatype.FP32, "numbers"),
+        (np.array([1]), Datatype.BOOL, "booleans"),
+        (np.array([-1]), Datatype.UINT64, "out of range"),
+        (np.array([2**64 - 1], dtype=np.uint64), Datatype.INT64, "out of range"),
+        (np.array([70000.0]), Datatype.FP16, "out of range"),
+        (np.array([1e300]), Datatype.FP32, "out of range"),
+    ],
+)
+def test_cast_checked_refuses_lossy_casts(raw: Any, datatype: Datatype, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        cast_checked(raw, datatype, "input 'x'")
+
+
+def test_cast_checked_keeps_values_a_client_sent() -> None:
+    sent = np.array([np.nan, np.inf, 1.0])
+    cast = cast_checked(sent, Datatype.FP32, "input 'x'")
+    assert cast.dtype == np.float32
+    assert np.isnan(cast[0])
+    assert np.isinf(cast[1])
+    assert cast[2] == 1.0
+    big = cast_checked(np.array([2**64 - 1], dtype=np.uint64), Datatype.UINT64, "x")
+    assert int(big[0]) == 2**64 - 1

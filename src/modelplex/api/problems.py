@@ -1,8 +1,9 @@
 """RFC 9457 problem+json responses, and the handlers that produce them.
 
-Every error that leaves the HTTP server goes through `problem_response`, which
-asks `modelplex.error_map` for the status and code: routes raise domain errors
-and never build error responses themselves.
+Every error that leaves the HTTP server goes through `error_response`, which
+asks `modelplex.error_map` for the status and code and writes the body the
+route's protocol expects (problem+json, or `{"error": ...}` under /v2): routes
+raise domain errors and never build error responses themselves.
 """
 
 from __future__ import annotations

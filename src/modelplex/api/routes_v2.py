@@ -91,17 +91,21 @@ async def model_statistics(request: Request, model: str, version: str | None = N
 @router.post("/v2/models/{model}/versions/{version}/infer", summary="Inference with a version")
 async def infer(request: Request) -> Response:
     arrived = time.monotonic()
-    params = request.path_params
     body = await _body(request)
-    header_length = request.headers.get(HEADER_LENGTH)
-    v2_request = await _parse(body, header_length)
-    v2_request.model = params["model"]
-    v2_request.version = params.get("version") or None
-    v2_request.arrived_at = arrived
+    document, inputs = await _parse(body, request.headers.get(HEADER_LENGTH))
     settings: Settings = request.app.state.settings
-    v2_request.timeout_ms = timeout_ms(request, settings) or _timeout_parameter(v2_request)
+    v2_request = V2Request(
+        model=request.path_params["model"],
+        version=request.path_params.get("version") or None,
+        inputs=inputs,
+        outputs=_outputs(document.get("outputs")),
+        id=_optional_id(document.get("id")),
+        parameters=_parameters(document.get("parameters"), "request"),
+        timeout_ms=timeout_ms(request, settings),
+        arrived_at=arrived,
+    )
+    binary_all = _flag(v2_request.parameters, "binary_data_output", "request")
     response = await _service(request).infer(v2_request)
-    binary_all = bool(v2_request.parameters.get("binary_data_output"))
     content, json_length = _encode(response, binary_all)
     headers = {"X-Model-Name": response.model, "X-Model-Version": response.version}
     media = "application/json"
@@ -123,7 +127,7 @@ async def repository_index(request: Request) -> Response:
         document = _loads(body)
         if not isinstance(document, dict):
             raise InvalidInput("the body must be a JSON object")
-        ready = bool(document.get("ready", False))
+        ready = _flag(document, "ready", "the body")
     return _json(_service(request).repository_index(ready))
 
 
@@ -132,7 +136,14 @@ async def repository_index(request: Request) -> Response:
     summary="Load, or load again, a model from its folder (new versions without a restart)",
 )
 async def repository_load(request: Request, model: str) -> Response:
-    await _service(request).load(model)
+    body = await request.body()
+    parameters: dict[str, Any] = {}
+    if body.strip():
+        document = _loads(body)
+        if not isinstance(document, dict):
+            raise InvalidInput("the body must be a JSON object")
+        parameters = _parameters(document.get("parameters"), "the body")
+    await _service(request).load(model, parameters)
     return Response(status_code=200)
 
 
@@ -176,20 +187,29 @@ def _loads(data: bytes) -> Any:
         raise InvalidInput(f"the inference header is not valid JSON: {exc}") from None
 
 
-async def _parse(body: bytes, header_length: str | None) -> V2Request:
+async def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[V2Tensor]]:
+    """The JSON header document and the decoded inputs (large bodies off the loop)."""
     if header_length is None:
         header, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput("Inference-Header-Content-Length does not fit the body")
-        split = int(header_length)
+        split = _header_length(header_length, len(body))
         header, binary = body[:split], body[split:]
     if len(body) > _THREAD_PARSE_BYTES:
         return await asyncio.to_thread(_request_from, header, binary)
     return _request_from(header, binary)
 
 
-def _request_from(header: bytes, binary: bytes) -> V2Request:
+def _header_length(value: str, body_length: int) -> int:
+    # ASCII digits only: int() also reads other scripts' digits, and isdigit() admits "²".
+    digits = value.strip()
+    if digits.isascii() and digits.isdecimal() and len(digits) <= 12:
+        length = int(digits)
+        if length <= body_length:
+            return length
+    raise InvalidInput("Inference-Header-Content-Length does not fit the body")
+
+
+def _request_from(header: bytes, binary: bytes) -> tuple[dict[str, Any], list[V2Tensor]]:
     document = _loads(header)
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object")
@@ -204,14 +224,7 @@ def _request_from(header: bytes, binary: bytes) -> V2Request:
         offset += used
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
-    return V2Request(
-        model="",
-        version=None,
-        inputs=inputs,
-        outputs=_outputs(document.get("outputs")),
-        id=_optional_id(document.get("id")),
-        parameters=_parameters(document.get("parameters"), "request"),
-    )
+    return document, inputs
 
 
 def _input(item: Any, index: int, binary: bytes, offset: int) -> tuple[V2Tensor, int]:
@@ -224,7 +237,12 @@ def _input(item: Any, index: int, binary: bytes, offset: int) -> tuple[V2Tensor,
     parameters = _parameters(item.get("parameters"), what)
     size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or size < 0
+            or offset + size > len(binary)
+        ):
             raise InvalidInput(f"{what}: binary_data_size does not fit the binary data")
         data = codec.from_raw(binary[offset : offset + size], datatype, shape, what)
         return V2Tensor(name, datatype, shape, data, parameters), size
@@ -243,7 +261,10 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{i}] must be an object with a name")
         what = f"output '{item['name']}'"
-        outputs.append(RequestedOutput(item["name"], _parameters(item.get("parameters"), what)))
+        parameters = _parameters(item.get("parameters"), what)
+        if "binary_data" in parameters:
+            _flag(parameters, "binary_data", what)
+        outputs.append(RequestedOutput(item["name"], parameters))
     return outputs
 
 
@@ -263,14 +284,12 @@ def _optional_id(raw: Any) -> str | None:
     return raw
 
 
-def _timeout_parameter(request: V2Request) -> int | None:
-    """tritonclient's per-request `timeout` parameter, in microseconds."""
-    value = request.parameters.get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInput("the timeout parameter must be a positive number of microseconds")
-    return max(1, value // 1000)
+def _flag(parameters: dict[str, Any], name: str, what: str) -> bool:
+    """A boolean parameter: JSON true or false only, so a typo cannot flip it."""
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what}: '{name}' must be true or false")
+    return value
 
 
 # -- response encoding --------------------------------------------------------------
@@ -285,7 +304,7 @@ def _encode(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
             "shape": list(tensor.shape),
         }
         wants_binary = tensor.parameters.get("binary_data", binary_all)
-        if wants_binary:
+        if wants_binary is True:
             raw = codec.to_raw(tensor.data)
             doc["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -306,11 +325,25 @@ def _encode(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
 
 
 def _accepted_encoding(header: str) -> str | None:
-    offered = {part.split(";")[0].strip().lower() for part in header.split(",")}
+    """gzip or deflate if the client accepts one (`q=0` refuses it), else None."""
+    offered = set()
+    for part in header.split(","):
+        name, _, params = part.partition(";")
+        quality = params.strip().lower().replace(" ", "")
+        if quality.startswith("q=") and _zero_quality(quality[2:]):
+            continue
+        offered.add(name.strip().lower())
     for encoding in ("gzip", "deflate"):
         if encoding in offered:
             return encoding
     return None
+
+
+def _zero_quality(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return True  # a malformed weight is not an acceptance
 
 
 def _compress(content: bytes, encoding: str) -> bytes:

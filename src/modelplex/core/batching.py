@@ -81,7 +81,7 @@ class Admission:
     def release(self) -> None:
         if self.active:
             self.active = False
-            self._batcher._reserved -= self.rows
+            self._batcher._unreserve(self.rows)
 
 
 class Batcher:
@@ -112,10 +112,15 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        """No new admissions (draining); admitted requests may still queue."""
+        self._stopped = False
+        """Closed for good: nothing queues any more."""
         self.instances = instances
         self._free = asyncio.Semaphore(instances)
         self._running: set[asyncio.Task[None]] = set()
-        self._batch_done = asyncio.Event()
+        self._progress = asyncio.Event()
+        """Set whenever rows leave the queue, a batch ends or a reservation goes:
+        what `drain` waits on."""
 
     @property
     def queued_rows(self) -> int:
@@ -143,6 +148,10 @@ class Batcher:
         self._reserved += rows
         return Admission(self, rows)
 
+    def _unreserve(self, rows: int) -> None:
+        self._reserved -= rows
+        self._progress.set()
+
     async def submit(
         self,
         inputs: dict[str, Array],
@@ -157,9 +166,10 @@ class Batcher:
         """
         if admission is None:
             admission = self.admit(rows)
+        # A request admitted before a drain began is one the drain waits for.
         admission.release()  # the rows now count as queued instead
-        if self._closed:
-            raise ModelNotReady(f"model '{self.name}' is unloading")
+        if self._stopped:
+            raise ModelNotReady(f"model '{self.name}' was unloaded")
         self._ensure_task()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -196,6 +206,7 @@ class Batcher:
         if item.future.cancelled() and item.counted:
             item.counted = False
             self._queued_rows -= item.rows
+            self._progress.set()
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
@@ -204,19 +215,19 @@ class Batcher:
             )
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking requests, let queued and running batches finish (up to
-        `timeout_s`), then close: a reload or unload loses no accepted request."""
+        """Stop admitting requests, let admitted, queued and running ones finish
+        (up to `timeout_s`), then close: a reload or unload loses no accepted request."""
         self._closed = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                while self._queue or self._running:
-                    self._batch_done.clear()
-                    await self._batch_done.wait()
+                while self._queue or self._running or self._reserved:
+                    self._progress.clear()
+                    await self._progress.wait()
         await self.close()
 
     async def close(self) -> None:
         """Stop taking requests; fail whatever is still queued."""
-        self._closed = True
+        self._closed = self._stopped = True
         for task in [self._task, *self._running]:
             if task is not None:
                 task.cancel()
@@ -267,7 +278,7 @@ class Batcher:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._free.release()
-        self._batch_done.set()
+        self._progress.set()
 
     async def _wait_for_fuller_batch(self) -> None:
         if self.max_batch_delay_s <= 0:
@@ -326,6 +337,7 @@ class Batcher:
         if item.counted:
             item.counted = False
             self._queued_rows -= item.rows
+        self._progress.set()
 
     def _merge_and_predict(self, parts: list[dict[str, Array]]) -> dict[str, Array]:
         """Runs on an inference thread: copying a batch of images is not for the event loop."""

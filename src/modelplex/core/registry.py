@@ -111,6 +111,16 @@ def version_sort_key(version: str) -> tuple[int, int, str]:
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
+def _runtime_inputs(
+    inputs: tuple[TensorSpec, ...], config: ModelConfig, preprocessor: ImagePreprocessor | None
+) -> tuple[TensorSpec, ...]:
+    """What the runtime receives: the preprocessed image in place of the encoded one."""
+    if preprocessor is None or config.preprocessing is None:
+        return inputs
+    source = config.preprocessing.input
+    return (*(s for s in inputs if s.name != source), preprocessor.output_spec)
+
+
 class ModelRegistry:
     def __init__(self, repository: Path, settings: Settings) -> None:
         self.repository = repository
@@ -166,19 +176,24 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: later requests get MODEL_NOT_READY."""
-        old = self.entry(name)
-        unavailable = ModelEntry(name=name, path=old.path, state=ModelState.UNAVAILABLE)
-        unavailable.reason, unavailable.config = "unloaded", old.config
-        with self._lock:
+        with self._lock:  # read and replace at once: a concurrent reload cannot slip between
+            old = self._models.get(name)
+            if old is None:
+                raise ModelNotFound(f"model '{name}' does not exist")
+            unavailable = ModelEntry(name=name, path=old.path, state=ModelState.UNAVAILABLE)
+            unavailable.reason, unavailable.config = "unloaded", old.config
             self._models[name] = unavailable
-        await self._close_entry(old)
+            self._replaced.append(old)
+        await self._close_replaced()
 
     async def _close_replaced(self) -> None:
+        """Drain and close replaced entries. Shielded: a client that gives up on its
+        load or unload request must not leave the old versions half closed."""
         with self._lock:
             replaced, self._replaced = self._replaced, []
-        for entry in replaced:
-            if entry is not None:
-                await self._close_entry(entry)
+        closing = [self._close_entry(entry) for entry in replaced if entry is not None]
+        if closing:
+            await asyncio.shield(asyncio.gather(*closing))
 
     @staticmethod
     async def _close_entry(entry: ModelEntry) -> None:
@@ -234,30 +249,22 @@ class ModelRegistry:
         return entry
 
     def _load_version(self, entry: ModelEntry, config: ModelConfig, version: str) -> ServedVersion:
-        settings = self._settings
         inputs = tuple(t.spec() for t in config.inputs)
         outputs = tuple(t.spec() for t in config.outputs)
         preprocessor = (
-            ImagePreprocessor(config.preprocessing, settings.max_image_pixels)
+            ImagePreprocessor(config.preprocessing, self._settings.max_image_pixels)
             if config.preprocessing
             else None
         )
-        runtime_inputs = inputs
-        if preprocessor is not None and config.preprocessing is not None:
-            source = config.preprocessing.input
-            runtime_inputs = (
-                *(s for s in inputs if s.name != source),
-                preprocessor.output_spec,
-            )
         kind = config.runtime_for(version)
         artifact = entry.path / version / config.artifact_for(version)
         runtime = load_runtime(
             RuntimeSpec(
                 kind=kind,
                 artifact=artifact,
-                inputs=runtime_inputs,
+                inputs=_runtime_inputs(inputs, config, preprocessor),
                 outputs=outputs,
-                threads=config.onnx.intra_op_threads or settings.effective_inference_threads,
+                threads=config.onnx.intra_op_threads or self._settings.effective_inference_threads,
                 sklearn=config.sklearn,
                 python=config.python,
                 module_name=f"modelplex_user_model.{entry.name}.{version}",
@@ -269,25 +276,8 @@ class ModelRegistry:
             classes = scores.shape[-1] if scores.shape else 0
             classifier = Classifier(config.classification, entry.labels, max(classes, 0))
         stats = ModelStats()
-        batching = config.batching
         executor = ThreadPoolExecutor(
-            batching.instances, thread_name_prefix=f"infer-{entry.name}-{version}"
-        )
-        batcher = Batcher(
-            f"{entry.name}:{version}",
-            runtime.predict,
-            executor,
-            output_names=[o.name for o in outputs],
-            max_batch_size=batching.max_batch_size or settings.default_max_batch_size,
-            max_batch_delay_s=(
-                batching.max_batch_delay_ms
-                if batching.max_batch_delay_ms is not None
-                else settings.default_max_batch_delay_ms
-            )
-            / 1000,
-            max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
-            stats=stats,
-            instances=batching.instances,
+            config.batching.instances, thread_name_prefix=f"infer-{entry.name}-{version}"
         )
         return ServedVersion(
             model=entry.name,
@@ -298,12 +288,39 @@ class ModelRegistry:
             inputs=inputs,
             outputs=outputs,
             runtime=runtime,
-            batcher=batcher,
+            batcher=self._batcher(f"{entry.name}:{version}", config, runtime, executor, stats),
             executor=executor,
             stats=stats,
             preprocessor=preprocessor,
             classifier=classifier,
-            timeout_s=(config.timeout_ms or settings.default_timeout_ms) / 1000,
+            timeout_s=(config.timeout_ms or self._settings.default_timeout_ms) / 1000,
+        )
+
+    def _batcher(
+        self,
+        name: str,
+        config: ModelConfig,
+        runtime: Runtime,
+        executor: ThreadPoolExecutor,
+        stats: ModelStats,
+    ) -> Batcher:
+        """The model's batching settings, with the server's defaults filling the gaps."""
+        batching, settings = config.batching, self._settings
+        delay_ms = (
+            batching.max_batch_delay_ms
+            if batching.max_batch_delay_ms is not None
+            else settings.default_max_batch_delay_ms
+        )
+        return Batcher(
+            name,
+            runtime.predict,
+            executor,
+            output_names=[o.name for o in config.outputs],
+            max_batch_size=batching.max_batch_size or settings.default_max_batch_size,
+            max_batch_delay_s=delay_ms / 1000,
+            max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
+            stats=stats,
+            instances=batching.instances,
         )
 
     async def close(self) -> None:
@@ -324,6 +341,14 @@ class ModelRegistry:
         if found is None:
             raise ModelNotFound(f"model '{model}' does not exist")
         return found
+
+    def is_ready(self, model: str, version: str | None = None) -> bool:
+        """Whether requests for the model (or that version) would be served;
+        an unknown model is ModelNotFound, not "not ready"."""
+        entry = self.entry(model)
+        if version is None:
+            return entry.state is ModelState.READY
+        return version in entry.versions
 
     def get(self, model: str, version: str | None = None) -> ServedVersion:
         """The served version for a request, or the error the client should see."""

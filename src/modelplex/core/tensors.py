@@ -132,24 +132,43 @@ def to_tensor(values: list[Any], spec: TensorSpec) -> Array:
         raw = np.asarray(values)
     except (ValueError, OverflowError):
         raise InvalidInput(f"input '{spec.name}' is ragged or not a numeric array") from None
+    tensor = cast_checked(raw, spec.datatype, f"input '{spec.name}'")
+    spec.check_batch(tensor)
+    return tensor
+
+
+def cast_checked(raw: Array, datatype: Datatype, what: str) -> Array:
+    """`raw` (numbers as JSON or protobuf gave them) as `datatype`, refusing lossy casts.
+
+    The one place every transport converts numbers, so that they all refuse
+    the same things: floats for an integer type, booleans for a number,
+    numbers for BOOL, integers out of range, finite values too large for a
+    float type.
+    """
     kind = raw.dtype.kind
-    target = spec.datatype.numpy_dtype
-    if spec.datatype is Datatype.BOOL:
+    target = datatype.numpy_dtype
+    if raw.size == 0:
+        return raw.astype(target)
+    if datatype is Datatype.BOOL:
         if kind != "b":
-            raise InvalidInput(f"input '{spec.name}' expects booleans (BOOL)")
+            raise InvalidInput(f"{what} expects booleans (BOOL)")
     elif kind == "b" or kind not in _NUMBER_KINDS:
-        raise InvalidInput(f"input '{spec.name}' expects numbers of datatype {spec.datatype}")
+        raise InvalidInput(f"{what} expects numbers of datatype {datatype}")
     elif target.kind in _INT_KINDS:
         if kind not in _INT_KINDS:
-            raise InvalidInput(f"input '{spec.name}' expects integers ({spec.datatype})")
+            raise InvalidInput(f"{what} expects integers ({datatype})")
         info = np.iinfo(target)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
-            raise InvalidInput(f"input '{spec.name}' has values out of range for {spec.datatype}")
-    with np.errstate(over="ignore"):
+        # Python ints: comparing a uint64 array with a negative bound must not wrap.
+        if int(raw.min()) < info.min or int(raw.max()) > info.max:
+            raise InvalidInput(f"{what} has values out of range for {datatype}")
+    with np.errstate(over="ignore", invalid="ignore"):
         tensor = raw.astype(target, copy=False)
-    if target.kind == "f" and tensor.size and not np.isfinite(tensor).all():
-        raise InvalidInput(f"input '{spec.name}' has values out of range for {spec.datatype}")
-    spec.check_batch(tensor)
+    if target.kind == "f":
+        # NaN and infinity a client sent (protobuf, raw bytes) are values, e.g. missing
+        # features; a finite number that became infinite is an overflow.
+        was_finite = np.isfinite(raw) if kind == "f" else True
+        if (~np.isfinite(tensor) & was_finite).any():
+            raise InvalidInput(f"{what} has values out of range for {datatype}")
     return tensor
 
 

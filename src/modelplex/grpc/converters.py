@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from modelplex.core.tensors import Array, Datatype
+from modelplex.core.tensors import Array, Datatype, cast_checked
 from modelplex.errors import InvalidInput
 from modelplex.grpc.protos import inference_pb2 as pb
 from modelplex.oip import codec
@@ -79,13 +79,8 @@ def _from_contents(
     if datatype is Datatype.BYTES:
         array = np.empty(count, dtype=object)
         array[:] = list(values)
-        return array.reshape(shape)
-    with np.errstate(over="ignore"):
-        source = np.asarray(values)
-        array = source.astype(datatype.numpy_dtype)
-    if datatype.numpy_dtype.kind in "iu" and not np.array_equal(array, source):
-        raise InvalidInput(f"{what}: values out of range for {datatype}")
-    return array.reshape(shape)
+        return codec.reshape(array, shape, what)
+    return codec.reshape(cast_checked(np.asarray(values), datatype, what), shape, what)
 
 
 def infer_response(response: V2Response) -> pb.ModelInferResponse:

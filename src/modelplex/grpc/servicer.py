@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from modelplex.error_map import public_message, wire_error
-from modelplex.errors import InvalidInput, ModelplexError
+from modelplex.errors import ModelplexError
 from modelplex.grpc import converters
 from modelplex.grpc.protos import inference_pb2 as pb
 from modelplex.grpc.protos import inference_pb2_grpc
@@ -91,6 +91,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests run concurrently (so they batch together); each answer, or the
         error of that one request, is sent as soon as it is ready."""
+        # A place at the gate is held from reading a request until its answer is
+        # written, so running requests plus unsent answers stay within
+        # STREAM_IN_FLIGHT: a client that reads slowly holds back its own reader.
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         gate = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
@@ -100,34 +103,39 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 v2_request = converters.infer_request(message)
                 v2_request.timeout_ms = _deadline_ms(context)
                 response = converters.infer_response(await self._service.infer(v2_request))
-                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+                answer = pb.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 if not isinstance(exc, ModelplexError):
                     log.error("stream request failed", exc_info=exc)
-                error = pb.ModelStreamInferResponse(error_message=public_message(exc))
-                error.infer_response.id = message.id
-                await answers.put(error)
-            finally:
-                gate.release()
+                answer = pb.ModelStreamInferResponse(error_message=public_message(exc))
+                answer.infer_response.id = message.id
+            answers.put_nowait(answer)
 
         async def read() -> None:
-            async for message in requests:
-                await gate.acquire()
-                task = asyncio.create_task(one(message), name="stream-infer")
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.gather(*running, return_exceptions=True)
-            await answers.put(None)
+            try:
+                async for message in requests:
+                    await gate.acquire()
+                    task = asyncio.create_task(one(message), name="stream-infer")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*running, return_exceptions=True)
+            except Exception as exc:  # the client's stream broke: end ours
+                log.info("stream reader stopped: %s", exc)
+            finally:
+                # The end marker must always arrive, or the writer waits forever.
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read(), name="stream-reader")
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
+                gate.release()
         finally:
-            reader.cancel()
-            for task in running:
+            tasks = [reader, *running]
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def call() -> pb.ModelConfigResponse:
@@ -153,9 +161,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: Any, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         async def call() -> pb.RepositoryModelLoadResponse:
-            if request.parameters:
-                raise InvalidInput("load parameters (config overrides, files) are not supported")
-            await self._service.load(request.model_name)
+            await self._service.load(request.model_name, converters.parameters(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
         return await _guard(context, call)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
 import numpy as np
 
-from modelplex.core.tensors import Array, Datatype
+from modelplex.core.tensors import Array, Datatype, cast_checked
 from modelplex.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")
@@ -22,21 +23,29 @@ def datatype_of(name: str) -> Datatype:
         ) from None
 
 
+# Bounds well past any tensor that fits a request body, so a hostile shape is
+# refused with a clear message instead of overflowing numpy's index arithmetic.
+MAX_DIMS = 32
+MAX_DIM = 2**40
+
+
 def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):
-        raise InvalidInput(f"{what}: shape must be a list of non-negative integers")
+        raise InvalidInput(f"{what}: shape must be a list of integers between 0 and {MAX_DIM}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{what}: a shape has at most {MAX_DIMS} dimensions")
     return tuple(shape)
 
 
 def element_count(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # Python ints: exact for any shape check_shape lets through
 
 
 def from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str) -> Array:
     """`data` (flat or nested, row-major) as a tensor of `shape`."""
-    flat = _flatten(data)
+    flat = _flatten(data, what)
     if len(flat) != element_count(shape):
         raise InvalidInput(f"{what}: {len(flat)} values for shape {list(shape)}")
     if datatype is Datatype.BYTES:
@@ -45,34 +54,39 @@ def from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str) 
             if not isinstance(value, str | bytes):
                 raise InvalidInput(f"{what}: BYTES data must be strings")
             array[i] = value.encode() if isinstance(value, str) else value
-        return array.reshape(shape)
+        return reshape(array, shape, what)
     try:
         raw = np.asarray(flat)
     except (ValueError, OverflowError):
         raise InvalidInput(f"{what}: data is not numeric") from None
-    kind = raw.dtype.kind
-    if flat and datatype is Datatype.BOOL and kind != "b":
-        raise InvalidInput(f"{what}: BOOL data must be true or false")
-    if flat and datatype is not Datatype.BOOL and kind not in "iuf":
-        raise InvalidInput(f"{what}: {datatype} data must be numbers")
-    if flat and datatype.numpy_dtype.kind in "iu" and kind == "f":
-        raise InvalidInput(f"{what}: {datatype} data must be integers")
-    with np.errstate(over="ignore", invalid="ignore"):
-        array = raw.astype(datatype.numpy_dtype)
-    if flat and datatype.numpy_dtype.kind in "iu" and not np.array_equal(array, raw):
-        raise InvalidInput(f"{what}: values out of range for {datatype}")
-    return array.reshape(shape)
+    return reshape(cast_checked(raw, datatype, what), shape, what)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, what: str) -> list[Any]:
+    """Nested lists as one row-major list, without recursion (nesting depth is the
+    client's choice)."""
     if not isinstance(data, list):
         return [data]
-    if data and isinstance(data[0], list):
-        out: list[Any] = []
-        for item in data:
-            out.extend(_flatten(item))
-        return out
-    return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= MAX_DIMS:
+                    raise InvalidInput(f"{what}: data is nested deeper than {MAX_DIMS} levels")
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def reshape(array: Array, shape: tuple[int, ...], what: str) -> Array:
+    try:
+        return array.reshape(shape)
+    except ValueError:  # e.g. zero elements in a shape numpy cannot index
+        raise InvalidInput(f"{what}: shape {list(shape)} is too large") from None
 
 
 def from_raw(raw: bytes, datatype: Datatype, shape: tuple[int, ...], what: str) -> Array:
@@ -84,14 +98,16 @@ def from_raw(raw: bytes, datatype: Datatype, shape: tuple[int, ...], what: str) 
             raise InvalidInput(f"{what}: {len(items)} BYTES elements for shape {list(shape)}")
         array = np.empty(count, dtype=object)
         array[:] = items
-        return array.reshape(shape)
+        return reshape(array, shape, what)
     dtype = datatype.numpy_dtype.newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"{what}: {len(raw)} bytes for shape {list(shape)} of {datatype} "
             f"(expected {count * dtype.itemsize})"
         )
-    return np.frombuffer(raw, dtype=dtype).astype(datatype.numpy_dtype, copy=False).reshape(shape)
+    # A copy in native order: the buffer is the request's, and models may write in place.
+    array = np.frombuffer(raw, dtype=dtype).astype(datatype.numpy_dtype)
+    return reshape(array, shape, what)
 
 
 def split_bytes(raw: bytes, what: str) -> list[bytes]:

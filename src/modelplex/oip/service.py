@@ -75,10 +75,7 @@ class V2Service:
         return self.registry.loaded.is_set()
 
     def model_ready(self, model: str, version: str | None) -> bool:
-        entry = self.registry.entry(model)  # unknown models are an error, not "not ready"
-        if version is None:
-            return entry.state is ModelState.READY
-        return version in entry.versions
+        return self.registry.is_ready(model, version)
 
     def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         served = self.dataplane.resolve(model, version)
@@ -93,6 +90,9 @@ class V2Service:
 
     # -- inference -----------------------------------------------------------
     async def infer(self, request: V2Request) -> V2Response:
+        limit = _timeout_parameter(request.parameters)
+        if limit is not None:  # the transport's deadline may be tighter, or absent
+            request.timeout_ms = min(limit, request.timeout_ms or limit)
         served = self.dataplane.resolve(request.model, request.version)
         inputs = self._inputs(served, request.inputs)
         wanted = request.outputs or [RequestedOutput(o.name) for o in served.outputs]
@@ -204,9 +204,9 @@ class V2Service:
         entries = [self.registry.entry(model)] if model else self.registry.entries()
         stats = []
         for entry in entries:
-            versions = [entry.versions[version]] if version else list(entry.versions.values())
             if version and version not in entry.versions:
                 raise ModelNotFound(f"model '{entry.name}' has no loaded version '{version}'")
+            versions = [entry.versions[version]] if version else list(entry.versions.values())
             stats += [_statistics(served) for served in versions]
         return {"model_stats": stats}
 
@@ -218,11 +218,29 @@ class V2Service:
             index.append(_index_entry(entry))
         return index
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str, parameters: dict[str, Any] | None = None) -> None:
+        """Load the model from its folder. Triton's load parameters (a config
+        override, uploaded files) are refused: a model's folder is its only source."""
+        if parameters:
+            raise InvalidInput(
+                "load parameters (config overrides, files) are not supported: "
+                "put the files in the model's folder and load it"
+            )
         await self.registry.reload(model)
 
     async def unload(self, model: str) -> None:
         await self.registry.unload(model)
+
+
+def _timeout_parameter(parameters: dict[str, Any]) -> int | None:
+    """tritonclient's per-request `timeout` parameter (microseconds), in milliseconds.
+    Where the transport has a deadline too (header, gRPC deadline), the tighter wins."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput("the timeout parameter must be a positive number of microseconds")
+    return max(1, value // 1000)
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
