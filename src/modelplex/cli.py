@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -39,6 +41,16 @@ def _settings(**overrides: Any) -> Settings:
 def _fail(message: str) -> NoReturn:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _client(url: str) -> Iterator[ModelplexClient]:
+    """A client for one command; a server error ends the command with its message."""
+    with ModelplexClient(url) as client:
+        try:
+            yield client
+        except ClientError as exc:
+            _fail(str(exc))
 
 
 def _print(document: Any) -> None:
@@ -106,11 +118,8 @@ def version() -> None:
 @models_app.command("list")
 def models_list(url: UrlOption = DEFAULT_URL) -> None:
     """List the models a server serves, with their state and versions."""
-    with ModelplexClient(url) as client:
-        try:
-            models = client.list_models()
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        models = client.list_models()
     for model in models:
         line = (
             f"{model['name']:<24} {model['state']:<8} default={model['default_version']} "
@@ -124,11 +133,8 @@ def models_list(url: UrlOption = DEFAULT_URL) -> None:
 @models_app.command("get")
 def models_get(model: str, url: UrlOption = DEFAULT_URL) -> None:
     """Show one model: signature, labels count, batching, versions and stats."""
-    with ModelplexClient(url) as client:
-        try:
-            document = client.get_model(model)
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        document = client.get_model(model)
     if document.get("labels"):
         document["labels"] = f"{len(document['labels'])} labels"
     _print(document)
@@ -153,27 +159,20 @@ def predict(
     A .json file holds one instance, a list of instances, or a full request body
     ({"instances": [...]}); any other file is uploaded to the model's BYTES input.
     """
-    with ModelplexClient(url) as client:
-        try:
-            if file.suffix.lower() == ".json":
-                instances = _instances_from_json(file)
-                result = client.predict(
-                    model, instances, version=model_version, top_k=top_k, detail=detail
-                )
-            else:
-                info = client.get_model(model)
-                byte_inputs = [
-                    i["name"] for i in info.get("inputs") or [] if i["datatype"] == "BYTES"
-                ]
-                if len(byte_inputs) != 1:
-                    _fail(
-                        f"model '{model}' has no single BYTES input to upload a file to; use JSON"
-                    )
-                result = client.predict_files(
-                    model, byte_inputs[0], [file], version=model_version, top_k=top_k, detail=detail
-                )
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        if file.suffix.lower() == ".json":
+            instances = _instances_from_json(file)
+            result = client.predict(
+                model, instances, version=model_version, top_k=top_k, detail=detail
+            )
+        else:
+            info = client.get_model(model)
+            byte_inputs = [i["name"] for i in info.get("inputs") or [] if i["datatype"] == "BYTES"]
+            if len(byte_inputs) != 1:
+                _fail(f"model '{model}' has no single BYTES input to upload a file to; use JSON")
+            result = client.predict_files(
+                model, byte_inputs[0], [file], version=model_version, top_k=top_k, detail=detail
+            )
     _print(result)
 
 
@@ -211,22 +210,19 @@ def jobs_submit(
     """Submit a job; print it (or, with --wait, its outcome)."""
     if (model is None) == (pipeline is None):
         _fail("give exactly one of --model or --pipeline")
-    with ModelplexClient(url) as client:
-        try:
-            if file.suffix.lower() == ".json":
-                job = client.submit_job(
-                    model=model, pipeline=pipeline, input=_read_json(file),
-                    callback_url=callback_url, priority=priority, idempotency_key=idempotency_key,
-                )  # fmt: skip
-            else:
-                job = client.submit_job(
-                    model=model, pipeline=pipeline, file=file, callback_url=callback_url,
-                    priority=priority, idempotency_key=idempotency_key,
-                )  # fmt: skip
-            if wait:
-                job = _wait_for_job(client, job["id"])
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        if file.suffix.lower() == ".json":
+            job = client.submit_job(
+                model=model, pipeline=pipeline, input=_read_json(file),
+                callback_url=callback_url, priority=priority, idempotency_key=idempotency_key,
+            )  # fmt: skip
+        else:
+            job = client.submit_job(
+                model=model, pipeline=pipeline, file=file, callback_url=callback_url,
+                priority=priority, idempotency_key=idempotency_key,
+            )  # fmt: skip
+        if wait:
+            job = _wait_for_job(client, job["id"])
     _print(job)
     if wait and job["status"] != "COMPLETED":
         raise typer.Exit(1)
@@ -235,11 +231,8 @@ def jobs_submit(
 @jobs_app.command("get")
 def jobs_get(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Show a job: status, steps, result or error."""
-    with ModelplexClient(url) as client:
-        try:
-            _print(client.get_job(job_id))
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        _print(client.get_job(job_id))
 
 
 @jobs_app.command("list")
@@ -251,11 +244,8 @@ def jobs_list(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """List jobs, newest first."""
-    with ModelplexClient(url) as client:
-        try:
-            page = client.list_jobs(status=status, model=model, limit=limit, cursor=cursor)
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        page = client.list_jobs(status=status, model=model, limit=limit, cursor=cursor)
     for job in page["jobs"]:
         target = job.get("model") or job.get("pipeline") or job.get("batch_chunk")
         typer.echo(
@@ -269,21 +259,15 @@ def jobs_list(
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Cancel a job (a running one stops at its next step boundary)."""
-    with ModelplexClient(url) as client:
-        try:
-            _print(client.cancel_job(job_id))
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        _print(client.cancel_job(job_id))
 
 
 @jobs_app.command("wait")
 def jobs_wait(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Wait for a job to finish, with a progress bar; exit 1 unless it COMPLETED."""
-    with ModelplexClient(url) as client:
-        try:
-            job = _wait_for_job(client, job_id)
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        job = _wait_for_job(client, job_id)
     _print(job)
     if job["status"] != "COMPLETED":
         raise typer.Exit(1)
@@ -316,35 +300,26 @@ def batches_submit(
     """Submit a JSONL file ({"custom_id": ..., "input": ...} per line)."""
     if (model is None) == (pipeline is None):
         _fail("give exactly one of --model or --pipeline")
-    with ModelplexClient(url) as client:
-        try:
-            options = {"top_k": top_k} if top_k else None
-            batch = client.submit_batch(file, model=model, pipeline=pipeline, options=options)
-            if wait:
-                batch = _wait_for_batch(client, batch["id"])
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        options = {"top_k": top_k} if top_k else None
+        batch = client.submit_batch(file, model=model, pipeline=pipeline, options=options)
+        if wait:
+            batch = _wait_for_batch(client, batch["id"])
     _print(batch)
 
 
 @batches_app.command("get")
 def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Show a batch's counts and progress."""
-    with ModelplexClient(url) as client:
-        try:
-            _print(client.get_batch(batch_id))
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        _print(client.get_batch(batch_id))
 
 
 @batches_app.command("wait")
 def batches_wait(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Wait for a batch to finish, with a progress bar."""
-    with ModelplexClient(url) as client:
-        try:
-            _print(_wait_for_batch(client, batch_id))
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        _print(_wait_for_batch(client, batch_id))
 
 
 @batches_app.command("results")
@@ -354,22 +329,16 @@ def batches_results(
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Print the batch's results (or errors) as JSONL."""
-    with ModelplexClient(url) as client:
-        try:
-            for line in client.batch_lines(batch_id, errors=errors):
-                typer.echo(orjson.dumps(line).decode())
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        for line in client.batch_lines(batch_id, errors=errors):
+            typer.echo(orjson.dumps(line).decode())
 
 
 @batches_app.command("cancel")
 def batches_cancel(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Cancel a batch's remaining chunks."""
-    with ModelplexClient(url) as client:
-        try:
-            _print(client.cancel_batch(batch_id))
-        except ClientError as exc:
-            _fail(str(exc))
+    with _client(url) as client:
+        _print(client.cancel_batch(batch_id))
 
 
 def _wait_for_batch(client: ModelplexClient, batch_id: str) -> dict[str, Any]:
