@@ -12,7 +12,10 @@ import skimage.data
 from modelplex.examples import ensure_example_repository
 from modelplex.server import RunningServer, start
 from modelplex.settings import Settings, default_cache_dir
+from tests.databases import database_url, postgres_url
 from tests.helpers import encode_image
+
+__all__ = ["database_url", "postgres_url"]  # fixtures shared by every test package
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,8 @@ def worker(
 ) -> None:
     """Run jobs from the job database (MODELPLEX_DATABASE_URL) until SIGTERM."""
     from modelplex.errors import ModelplexError
-    from modelplex.jobs.worker_main import main as run_worker
     from modelplex.process import configure_logging
-    from modelplex.server import resolve_repository
+    from modelplex.server import resolve_repository, run_worker
 
     settings = _settings(
         model_repository=model_repository, worker_concurrency=concurrency, config_file=config

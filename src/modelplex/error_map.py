@@ -1,10 +1,14 @@
 """The one table that maps domain errors to the wire.
 
-Every REST route and every RPC goes through `wire_error`: it walks the
-exception's MRO, so a subclass without its own row inherits its parent's.
-Anything that is not a `ModelplexError` is INTERNAL and its text never leaves
-the process. A model that raises is INTERNAL too (`InferenceFailed` inherits the
-row): the client learns which model failed, never the exception's text.
+Every REST route, every RPC and every job error goes through `wire_error`: it
+walks the exception's MRO, so a subclass without its own row inherits its
+parent's. A row names the stable problem `code`, the status on `/v1` and on
+the Open Inference Protocol's REST routes (the protocol answers bad requests
+with 400 where `/v1` says 422), the gRPC status, and whether a job that failed
+with it may be retried. Anything that is not a `ModelplexError` is INTERNAL and
+its text never leaves the process. A model that raises is INTERNAL too
+(`InferenceFailed` inherits the row): the client learns which model failed,
+never the exception's text.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class GrpcCode(StrEnum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    CANCELLED = "CANCELLED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,65 +38,96 @@ class WireError:
     code: str
     """Stable problem code clients can switch on."""
     http_status: int
+    """Status on /v1 (and every route outside the Open Inference Protocol)."""
+    v2_status: int
+    """Status on the Open Inference Protocol's REST routes (/v2)."""
     grpc_code: GrpcCode
     title: str
+    retryable: bool = False
+    """Whether a job that failed with this error may succeed if run again."""
 
 
+def _row(
+    code: str, http: int, v2: int, grpc: GrpcCode, title: str, *, retryable: bool = False
+) -> WireError:
+    return WireError(code, http, v2, grpc, title, retryable)
+
+
+G = GrpcCode
 _TABLE: dict[type[BaseException], WireError] = {
-    errors.InvalidInput: WireError(
-        "INVALID_INPUT", 422, GrpcCode.INVALID_ARGUMENT, "Invalid input"
+    errors.InvalidInput: _row("INVALID_INPUT", 422, 400, G.INVALID_ARGUMENT, "Invalid input"),
+    errors.NotFound: _row("NOT_FOUND", 404, 404, G.NOT_FOUND, "Not found"),
+    errors.ModelNotFound: _row("MODEL_NOT_FOUND", 404, 404, G.NOT_FOUND, "Model not found"),
+    errors.VersionNotFound: _row(
+        "VERSION_NOT_FOUND", 404, 404, G.NOT_FOUND, "Model version not found"
     ),
-    errors.NotFound: WireError("NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Not found"),
-    errors.ModelNotFound: WireError("MODEL_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Model not found"),
-    errors.VersionNotFound: WireError(
-        "VERSION_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Model version not found"
+    errors.PipelineNotFound: _row(
+        "PIPELINE_NOT_FOUND", 404, 404, G.NOT_FOUND, "Pipeline not found"
     ),
-    errors.PipelineNotFound: WireError(
-        "PIPELINE_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Pipeline not found"
+    errors.JobNotFound: _row("JOB_NOT_FOUND", 404, 404, G.NOT_FOUND, "Job not found"),
+    errors.BatchNotFound: _row("BATCH_NOT_FOUND", 404, 404, G.NOT_FOUND, "Batch not found"),
+    errors.BlobNotFound: _row("BLOB_NOT_FOUND", 404, 404, G.NOT_FOUND, "Stored data not found"),
+    errors.Conflict: _row("CONFLICT", 409, 409, G.FAILED_PRECONDITION, "Conflict"),
+    errors.IdempotencyConflict: _row(
+        "IDEMPOTENCY_CONFLICT", 409, 409, G.FAILED_PRECONDITION, "Idempotency key conflict"
     ),
-    errors.JobNotFound: WireError("JOB_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Job not found"),
-    errors.BatchNotFound: WireError("BATCH_NOT_FOUND", 404, GrpcCode.NOT_FOUND, "Batch not found"),
-    errors.Conflict: WireError("CONFLICT", 409, GrpcCode.FAILED_PRECONDITION, "Conflict"),
-    errors.IdempotencyConflict: WireError(
-        "IDEMPOTENCY_CONFLICT", 409, GrpcCode.FAILED_PRECONDITION, "Idempotency key conflict"
+    errors.JobNotFinished: _row(
+        "JOB_NOT_FINISHED", 409, 409, G.FAILED_PRECONDITION, "Job not finished"
     ),
-    errors.JobNotFinished: WireError(
-        "JOB_NOT_FINISHED", 409, GrpcCode.FAILED_PRECONDITION, "Job not finished"
+    errors.JobCancelled: _row("CANCELLED", 409, 409, G.CANCELLED, "Cancelled"),
+    errors.MethodNotAllowed: _row(
+        "METHOD_NOT_ALLOWED", 405, 405, G.UNIMPLEMENTED, "Method not allowed"
     ),
-    errors.Unavailable: WireError(
-        "SERVICE_UNAVAILABLE", 503, GrpcCode.UNAVAILABLE, "Service unavailable"
+    errors.ModelNotReady: _row(
+        "MODEL_NOT_READY", 503, 503, G.UNAVAILABLE, "Model not ready", retryable=True
     ),
-    errors.MethodNotAllowed: WireError(
-        "METHOD_NOT_ALLOWED", 405, GrpcCode.UNIMPLEMENTED, "Method not allowed"
+    # A pipeline loads once, at start-up: one that failed stays failed until a restart.
+    errors.PipelineNotReady: _row(
+        "PIPELINE_NOT_READY", 503, 503, G.UNAVAILABLE, "Pipeline not ready"
     ),
-    errors.ModelNotReady: WireError(
-        "MODEL_NOT_READY", 503, GrpcCode.UNAVAILABLE, "Model not ready"
+    errors.InferenceTimeout: _row(
+        "INFERENCE_TIMEOUT", 504, 504, G.DEADLINE_EXCEEDED, "Inference timed out", retryable=True
     ),
-    errors.InferenceTimeout: WireError(
-        "INFERENCE_TIMEOUT", 504, GrpcCode.DEADLINE_EXCEEDED, "Inference timed out"
+    errors.StepTimeout: _row(
+        "STEP_TIMEOUT", 504, 504, G.DEADLINE_EXCEEDED, "Step timed out", retryable=True
     ),
-    errors.ResourceExhausted: WireError(
-        "RESOURCE_EXHAUSTED", 503, GrpcCode.RESOURCE_EXHAUSTED, "Resource exhausted"
+    errors.ResourceExhausted: _row(
+        "RESOURCE_EXHAUSTED", 503, 503, G.RESOURCE_EXHAUSTED, "Resource exhausted", retryable=True
     ),
-    errors.PayloadTooLarge: WireError(
-        "PAYLOAD_TOO_LARGE", 413, GrpcCode.RESOURCE_EXHAUSTED, "Payload too large"
+    errors.Unavailable: _row(
+        "SERVICE_UNAVAILABLE", 503, 503, G.UNAVAILABLE, "Service unavailable", retryable=True
     ),
-    errors.UnsupportedMediaType: WireError(
-        "UNSUPPORTED_MEDIA_TYPE", 415, GrpcCode.INVALID_ARGUMENT, "Unsupported media type"
+    errors.PayloadTooLarge: _row(
+        "PAYLOAD_TOO_LARGE", 413, 413, G.RESOURCE_EXHAUSTED, "Payload too large"
     ),
-    errors.ModelLoadError: WireError(
-        "MODEL_LOAD_FAILED", 500, GrpcCode.INTERNAL, "Model load failed"
+    errors.UnsupportedMediaType: _row(
+        "UNSUPPORTED_MEDIA_TYPE", 415, 415, G.INVALID_ARGUMENT, "Unsupported media type"
     ),
-    errors.InternalError: WireError("INTERNAL", 500, GrpcCode.INTERNAL, "Internal error"),
+    errors.ModelLoadError: _row("MODEL_LOAD_FAILED", 500, 500, G.INTERNAL, "Model load failed"),
+    errors.PipelineLoadError: _row(
+        "PIPELINE_LOAD_FAILED", 500, 500, G.INTERNAL, "Pipeline load failed"
+    ),
+    errors.ConfigurationError: _row(
+        "CONFIGURATION_ERROR", 500, 500, G.INTERNAL, "Invalid configuration"
+    ),
+    errors.InternalError: _row("INTERNAL", 500, 500, G.INTERNAL, "Internal error"),
+    # An unexpected exception in a step is often transient (a flaky dependency).
+    errors.StepFailed: _row("STEP_FAILED", 500, 500, G.INTERNAL, "Step failed", retryable=True),
+    errors.RunnerFailed: _row("INTERNAL", 500, 500, G.INTERNAL, "Internal error", retryable=True),
+    errors.WorkerLost: _row("LEASE_EXPIRED", 500, 500, G.INTERNAL, "Worker lost"),
+    errors.ResultNotSerializable: _row(
+        "RESULT_NOT_SERIALIZABLE", 500, 500, G.INTERNAL, "Result not serializable"
+    ),
 }
 
 INTERNAL = _TABLE[errors.InternalError]
 
 
-def wire_error(exc: BaseException) -> WireError:
-    """The wire representation of `exc`, found by walking its MRO."""
-    for cls in type(exc).__mro__:
-        found = _TABLE.get(cls)
+def wire_error(exc: BaseException | type[BaseException]) -> WireError:
+    """The wire representation of `exc` (an exception or a class), found by walking its MRO."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    for klass in cls.__mro__:
+        found = _TABLE.get(klass)
         if found is not None:
             return found
     return INTERNAL
@@ -102,3 +138,8 @@ def public_message(exc: BaseException) -> str:
     if isinstance(exc, errors.ModelplexError):
         return exc.message
     return INTERNAL.title
+
+
+def rows() -> list[tuple[type[BaseException], WireError]]:
+    """Every row of the table, for documentation and the OpenAPI document."""
+    return list(_TABLE.items())

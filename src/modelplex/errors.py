@@ -1,7 +1,8 @@
 """The modelplex error hierarchy.
 
 Domain errors know nothing of HTTP or gRPC; `modelplex.error_map` is the one
-place that turns them into status codes and stable problem codes.
+place that turns them into status codes, stable problem codes and whether a
+job that failed with them may be retried.
 
     ModelplexError
     ├── InvalidInput            the request does not match what the model accepts
@@ -16,17 +17,26 @@ place that turns them into status codes and stable problem codes.
     ├── Conflict
     │   ├── IdempotencyConflict the key was used with a different request
     │   └── JobNotFinished
+    ├── JobCancelled            a job stopped because it was cancelled
     ├── MethodNotAllowed
     ├── ModelNotReady
+    │   └── PipelineNotReady    a pipeline that failed to load
     ├── InferenceTimeout        a model or request deadline passed
+    │   └── StepTimeout         a pipeline step ran past its timeout_s
     ├── ResourceExhausted       a bounded queue is full (carries retry_after_s)
     ├── Unavailable             a dependency is down (carries retry_after_s)
-    │   └── StoreUnavailable    the job database
+    │   └── StoreUnavailable    the job database or the blob store
     ├── PayloadTooLarge
     ├── UnsupportedMediaType
     ├── ModelLoadError          a model folder cannot be turned into a served model
+    │   └── PipelineLoadError
+    ├── ConfigurationError      a setting that cannot work (found at start-up)
     └── InternalError
-        └── InferenceFailed     the model raised while running a batch
+        ├── InferenceFailed     the model raised while running a batch
+        ├── StepFailed          a pipeline step raised something unexpected
+        ├── RunnerFailed        the job runner itself failed (a bug; retried)
+        ├── WorkerLost          every worker that held the job died
+        └── ResultNotSerializable
 
 Each class's docstring is its default message.
 """
@@ -90,6 +100,10 @@ class JobNotFinished(Conflict):
     """The job has not finished."""
 
 
+class JobCancelled(ModelplexError):
+    """Cancelled by request."""
+
+
 class MethodNotAllowed(ModelplexError):
     """The endpoint does not accept this method."""
 
@@ -98,8 +112,16 @@ class ModelNotReady(ModelplexError):
     """The model is not ready to serve."""
 
 
+class PipelineNotReady(ModelNotReady):
+    """The pipeline failed to load."""
+
+
 class InferenceTimeout(ModelplexError):
     """The inference did not finish before its deadline."""
+
+
+class StepTimeout(InferenceTimeout):
+    """The pipeline step did not finish within its timeout."""
 
 
 class ResourceExhausted(ModelplexError):
@@ -134,9 +156,33 @@ class ModelLoadError(ModelplexError):
     """The model could not be loaded."""
 
 
+class PipelineLoadError(ModelLoadError):
+    """The pipeline could not be loaded."""
+
+
+class ConfigurationError(ModelplexError):
+    """A setting is invalid."""
+
+
 class InternalError(ModelplexError):
     """An internal error occurred."""
 
 
 class InferenceFailed(InternalError):
     """The model failed while running inference."""
+
+
+class StepFailed(InternalError):
+    """The pipeline step failed."""
+
+
+class RunnerFailed(InternalError):
+    """The job runner failed."""
+
+
+class WorkerLost(InternalError):
+    """The job's worker was lost."""
+
+
+class ResultNotSerializable(InternalError):
+    """The job's result is not JSON data."""

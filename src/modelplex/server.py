@@ -1,25 +1,33 @@
-"""Turning settings into a running HTTP server.
+"""Turning settings into running processes.
 
-`serve(settings)` runs in the foreground (the CLI); `start(settings)` runs the
-same server on a background thread and returns once it accepts connections
-(tests, benchmarks, embedding), with the bound port (pass `port=0`).
+`serve(settings)` runs a server in the foreground (the CLI); `start(settings)`
+runs the same server on a background thread and returns once it accepts
+connections (tests, benchmarks, embedding), with the bound ports (pass
+`port=0`). Either way one `Modelplex` (the composition root) is started first,
+then its two peer adapters: the gRPC server and the HTTP server. They stop in
+the reverse order. `run_worker(settings, repository)` is `modelplex worker`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+import uvloop
 
 from modelplex.api.app import create_app
+from modelplex.app import Modelplex, ModelplexWorker
 from modelplex.errors import ModelLoadError
 from modelplex.examples import ensure_example_repository
 from modelplex.settings import Settings
@@ -27,6 +35,13 @@ from modelplex.settings import Settings
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 60.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _run_in_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on a fresh uvloop event loop (what uvicorn itself would pick)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def resolve_repository(settings: Settings) -> Path:
@@ -38,26 +53,61 @@ def resolve_repository(settings: Settings) -> Path:
     return ensure_example_repository(settings.cache_dir)
 
 
-def _uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
+
+
+class _Process:
+    """One serving process: the composition root and its two adapters."""
+
+    def __init__(self, settings: Settings, repository: Path, sock: socket.socket) -> None:
+        self.settings = settings
+        self.modelplex = Modelplex(settings, repository)
+        self.sock = sock
+        self.http = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.modelplex),
+                loop="uvloop",
+                http="httptools",
+                lifespan="off",  # the composition root is started here, not by the HTTP app
+                access_log=settings.access_log,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=10,
+            )
+        )
+        self.grpc_port: int | None = None
+
+    async def run(self) -> None:
+        settings = self.settings
+        await self.modelplex.start()
+        grpc_server = None
+        try:
+            if settings.grpc_enabled:
+                from modelplex.grpc.server import GrpcServer  # needs the generated protocol code
+
+                grpc_server = GrpcServer(
+                    self.modelplex.v2, settings.host, settings.grpc_port, settings.max_request_bytes
+                )
+                await grpc_server.start()
+                self.grpc_port = grpc_server.port
+            await self.http.serve(sockets=[self.sock])
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
+            await self.modelplex.stop()
+
+    def request_stop(self) -> None:
+        self.http.should_exit = True
 
 
 def serve(settings: Settings) -> None:
@@ -66,8 +116,20 @@ def serve(settings: Settings) -> None:
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     log.info("modelplex serving %s on http://%s:%d", repository, host, port)
-    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings, repository)))
-    server.run(sockets=[sock])
+    process = _Process(settings, repository, sock)
+
+    async def main() -> None:
+        # Our own handlers, so that the signal uvicorn re-raises once it has shut
+        # down lands here instead of killing the process before the rest stops.
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, process.request_stop)
+        await process.run()
+
+    try:
+        _run_in_loop(main())
+    finally:
+        sock.close()
 
 
 @dataclass
@@ -77,12 +139,13 @@ class RunningServer:
     url: str
     port: int
     grpc_port: int | None
-    _server: uvicorn.Server
+    modelplex: Modelplex
+    _process: _Process
     _thread: threading.Thread
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+        self._process.request_stop()
+        self._thread.join(timeout=60)
 
     def __enter__(self) -> RunningServer:
         return self
@@ -102,25 +165,47 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     try:
-        app = create_app(settings, repository)
-        server = uvicorn.Server(_uvicorn_config(settings, app))
+        process = _Process(settings, repository, sock)
     except BaseException:
         sock.close()
         raise
+    failure: list[BaseException] = []
 
     def run() -> None:
-        asyncio.run(server.serve(sockets=[sock]))
+        try:
+            _run_in_loop(process.run())
+        except BaseException as exc:  # reported by start() below, or by the log
+            failure.append(exc)
+            log.error("modelplex server stopped with an error", exc_info=exc)
+        finally:
+            sock.close()
 
     thread = threading.Thread(target=run, name=f"modelplex-server-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + _START_TIMEOUT_S
-    while not server.started:
+    while not process.http.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
+            process.request_stop()
             thread.join(timeout=10)
-            sock.close()
-            raise RuntimeError("modelplex server did not start")
+            raise RuntimeError("modelplex server did not start") from (
+                failure[0] if failure else None
+            )
         time.sleep(0.01)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    grpc_port = getattr(app.state, "grpc_port", None)
-    return RunningServer(f"http://{host}:{port}", port, grpc_port, server, thread)
+    return RunningServer(
+        f"http://{host}:{port}", port, process.grpc_port, process.modelplex, process, thread
+    )
+
+
+def run_worker(settings: Settings, repository: Path) -> None:
+    """`modelplex worker`: run jobs in the foreground until SIGINT/SIGTERM, then drain."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await ModelplexWorker(settings, repository).run(stop)
+
+    asyncio.run(main())

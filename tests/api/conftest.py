@@ -111,6 +111,11 @@ def build_zoo(repo: Path, example_repo: Path) -> None:
     (repo / "_tmp").rmdir()
     toml = repo / "wrong-signature" / "model.toml"
     toml.write_text(toml.read_text().replace('name = "pixels"', 'name = "features"', 1))
+    loose = copy_model(example_repo, "digits", repo / "_loose")
+    loose.rename(repo / "loose-onnx")
+    (repo / "_loose").rmdir()
+    toml = repo / "loose-onnx" / "model.toml"  # -1 where the ONNX graph wants 64 features
+    toml.write_text(toml.read_text().replace("shape = [64]", "shape = [-1]", 1))
     half = write_python_model(repo, "half-broken", versions=("1", "2"))
     (half / "2" / "model.py").write_text("raise ImportError('no such dependency')\n")
 

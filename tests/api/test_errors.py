@@ -64,7 +64,7 @@ def test_bad_base64_is_invalid_input(client: httpx.Client) -> None:
         ({"instances": []}, "non-empty"),
         ({"instance": [1.0] * 64, "instances": [[1.0] * 64]}, "exactly one"),
         ({"instance": [1.0] * 64, "parameters": {"top_k": 0}}, "top_k"),
-        ({"instance": [1.0] * 64, "parameters": {"bogus": 1}}, "unknown parameters"),
+        ({"instance": [1.0] * 64, "parameters": {"bogus": 1}}, "expected top_k, outputs"),
         ({"instance": [1.0] * 64, "parameters": {"outputs": ["nope"]}}, "unknown outputs"),
         ([1, 2, 3], "JSON object"),
     ],
@@ -101,6 +101,17 @@ def test_malformed_top_k_is_invalid_input(client: httpx.Client, top_k: object) -
             "/v1/classify", files={"image": ("x.png", b"\x89PNG")}, data={"top_k": top_k}
         )
         assert_problem(form, 422, "INVALID_INPUT")
+
+
+def test_a_tensor_the_onnx_graph_refuses_is_invalid_input(zoo: httpx.Client) -> None:
+    """The signature says any number of features (-1); the graph wants 64. ONNX
+    Runtime's refusal is the client's error, worded by us, not ORT."""
+    response = zoo.post("/v1/models/loose-onnx/versions/2/predict", json={"instance": [1.0] * 3})
+    detail = str(assert_problem(response, 422, "INVALID_INPUT")["detail"])
+    assert "graph refused" in detail
+    assert "ONNXRuntimeError" not in detail
+    ok = zoo.post("/v1/models/loose-onnx/versions/2/predict", json={"instance": [1.0] * 64})
+    assert ok.status_code == 200, ok.text
 
 
 def test_malformed_json_is_invalid_input(client: httpx.Client) -> None:

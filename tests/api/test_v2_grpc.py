@@ -317,3 +317,60 @@ def test_kserve_clients(grpc_server: GrpcServer) -> None:
     assert answer["rest"]["label"] == expected
     assert answer["grpc"]["label"] == expected
     assert answer["grpc_id"] == "k-1"
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("shape", "has shape [1, 63], instances of shape [63]"),
+        ("output", "unknown outputs ['nope']"),
+        ("rows", "accepts at most 1024 per request"),
+    ],
+)
+def test_one_bad_input_gets_one_code_and_message_on_every_transport(
+    grpc_server: GrpcServer, case: str, fragment: str
+) -> None:
+    """The same bad input over /v1, V2 REST, gRPC and job submission: one validator
+    answers, so the code and the message are the same on all four."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    rows = {"shape": np.zeros((1, 63)), "output": DIGITS[:1], "rows": np.zeros((1025, 64))}[case]
+    rows = rows.astype(np.float32)
+    outputs = ["nope"] if case == "output" else None
+    body: dict[str, object] = {"instances": rows.tolist()}
+    if outputs:
+        body["parameters"] = {"outputs": outputs}
+    v1 = grpc_server.http.post("/v1/models/digits/predict", json=body)
+    job = grpc_server.http.post("/v1/jobs", json={"model": "digits", "input": body})
+    v2_body: dict[str, object] = {
+        "inputs": [
+            {"name": "pixels", "datatype": "FP32", "shape": list(rows.shape),
+             "data": rows.reshape(-1).tolist()}
+        ]
+    }  # fmt: skip
+    if outputs:
+        v2_body["outputs"] = [{"name": name} for name in outputs]
+    v2 = grpc_server.http.post("/v2/models/digits/infer", json=v2_body)
+    message = service_pb2.ModelInferRequest(model_name="digits")
+    message.inputs.add(name="pixels", datatype="FP32", shape=list(rows.shape))
+    message.raw_input_contents.append(rows.tobytes())
+    for name in outputs or []:
+        message.outputs.add(name=name)
+    with grpc.insecure_channel(grpc_server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(message, timeout=30)
+
+    for problem in (v1, job):
+        assert problem.status_code == 422, problem.text
+        assert problem.json()["code"] == "INVALID_INPUT"
+    assert v2.status_code == 400, v2.text
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    messages = {
+        v1.json()["detail"],
+        job.json()["detail"],
+        v2.json()["error"],
+        refused.value.details(),
+    }
+    assert len(messages) == 1, messages
+    assert fragment in messages.pop()

@@ -169,18 +169,18 @@ def test_error_paths(triton_http: triton.InferenceServerClient) -> None:
     expect_error(lambda: triton_http.infer("digits", [good], model_version="9"), 404, "no version")
     wrong_type = triton.InferInput("pixels", [1, 64], "FP64")
     wrong_type.set_data_from_numpy(DIGITS[:1].astype(np.float64))
-    expect_error(lambda: triton_http.infer("digits", [wrong_type]), 422, "datatype FP64")
+    expect_error(lambda: triton_http.infer("digits", [wrong_type]), 400, "datatype FP64")
     wrong_shape = triton.InferInput("pixels", [2, 32], "FP32")
     wrong_shape.set_data_from_numpy(DIGITS[:1].reshape(2, 32))
-    expect_error(lambda: triton_http.infer("digits", [wrong_shape]), 422, "shape [2, 32]")
+    expect_error(lambda: triton_http.infer("digits", [wrong_shape]), 400, "shape [2, 32]")
     broken = triton.InferInput("image", [1], "BYTES")
     broken.set_data_from_numpy(np.array([b"not an image"], dtype=object))
-    expect_error(lambda: triton_http.infer("image-classifier", [broken]), 422, "image")
+    expect_error(lambda: triton_http.infer("image-classifier", [broken]), 400, "image")
 
 
 def test_error_bodies_follow_the_protocol(client: httpx.Client) -> None:
     response = client.post("/v2/models/digits/infer", json={"inputs": "nope"})
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json() == {"error": "'inputs' must be a non-empty list"}
     assert client.get("/v2/models/nope").json()["error"] == "model 'nope' does not exist"
     bad_binary = client.post(
@@ -192,13 +192,13 @@ def test_error_bodies_follow_the_protocol(client: httpx.Client) -> None:
             "Content-Type": "application/octet-stream",
         },
     )
-    assert bad_binary.status_code == 422
+    assert bad_binary.status_code == 400
     bomb = client.post(
         "/v2/models/digits/infer",
         content=b"\x1f\x8b not gzip",
         headers={"Content-Encoding": "gzip"},
     )
-    assert bomb.status_code == 422
+    assert bomb.status_code == 400
 
 
 def _infer(client: httpx.Client, tensor: dict[str, object], **body: object) -> httpx.Response:
@@ -234,20 +234,20 @@ def test_hostile_tensors_get_clear_errors(
     client: httpx.Client, tensor: dict[str, object], fragment: str
 ) -> None:
     response = _infer(client, tensor)
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert fragment in response.json()["error"]
 
 
 def test_flags_and_headers_are_read_strictly(client: httpx.Client) -> None:
     typo = _infer(client, _pixels(), parameters={"binary_data_output": "yes"})
-    assert typo.status_code == 422
+    assert typo.status_code == 400
     assert "binary_data_output" in typo.json()["error"]
     output = _infer(
         client, _pixels(), outputs=[{"name": "label", "parameters": {"binary_data": 1}}]
     )
-    assert output.status_code == 422
+    assert output.status_code == 400
     ready = client.post("/v2/repository/index", json={"ready": "false"})
-    assert ready.status_code == 422
+    assert ready.status_code == 400
     body = b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,64],"data":' + (
         b"[" + b",".join([b"0.5"] * 64) + b"]}]}"
     )
@@ -258,7 +258,7 @@ def test_flags_and_headers_are_read_strictly(client: httpx.Client) -> None:
             content=body,
             headers={"Inference-Header-Content-Length": length},
         )
-        assert response.status_code == 422, length
+        assert response.status_code == 400, length
         assert "Inference-Header-Content-Length" in response.json()["error"]
     refused = client.post(
         "/v2/models/digits/infer",
@@ -280,7 +280,7 @@ def test_statistics_of_an_unknown_version_is_not_found(client: httpx.Client) -> 
 
 def test_timeout_parameter_is_validated(client: httpx.Client) -> None:
     response = _infer(client, _pixels(), parameters={"timeout": "soon"})
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert "timeout" in response.json()["error"]
 
 
@@ -326,7 +326,7 @@ def test_repository_load_and_unload(
         expect_error(lambda: tritonc.load_model("nothing-here"), 404, "not in the repository")
         expect_error(
             lambda: tritonc.load_model("digits", config='{"max_batch_size": 2}'),
-            422,
+            400,
             "not supported",
         )
         assert tritonc.is_model_ready("digits")

@@ -1,107 +1,23 @@
-"""Job tests run against SQLite and PostgreSQL: the same tests, both databases.
-
-PostgreSQL is the local server (127.0.0.1:5432, trust auth); each session
-creates its own database. Set MODELPLEX_TEST_POSTGRES_URL to use another server.
-"""
+"""Job tests run against SQLite and PostgreSQL: the same tests, both databases
+(see tests/databases.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
 
 from modelplex.server import RunningServer, start
 from modelplex.settings import Settings
-from modelplex.storage.database import create_engine, create_engines, migrate
-from modelplex.storage.jobstore import SqlJobStore
 from tests.conftest import settings_for, wait_ready
+from tests.databases import fresh_database
 from tests.helpers import copy_model, write_python_model
 from tests.jobs.harness import TEST_SECRET, WorkerProcess
-
-PG_ADMIN = os.environ.get(
-    "MODELPLEX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-PG_DATABASE = f"modelplex_test_{os.getpid()}"
-TABLES = ("webhook_deliveries", "jobs", "batches")
-
-
-async def _recreate_pg_database() -> str:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{PG_DATABASE}"
-
-
-async def _drop_pg_database() -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    url = asyncio.run(_recreate_pg_database())
-    asyncio.run(_migrate(url))
-    yield url
-    asyncio.run(_drop_pg_database())
-
-
-async def _migrate(url: str) -> None:
-    engine = create_engine(url, pool_size=1)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
-
-
-async def _truncate(url: str) -> None:
-    engine = create_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            if url.startswith("sqlite"):
-                for table in TABLES:
-                    await conn.execute(text(f"DELETE FROM {table}"))
-            else:
-                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty job database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
-        asyncio.run(_migrate(url))
-        return url
-    url: str = request.getfixturevalue("postgres_url")
-    asyncio.run(_truncate(url))
-    return url
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlJobStore]:
-    engines = create_engines(database_url)
-    try:
-        yield SqlJobStore(engines)
-    finally:
-        await engines.dispose()
-
 
 STEPS_PY = '''
 import time
@@ -263,14 +179,6 @@ def job_settings(tmp: Path, database_url: str, **overrides: Any) -> Settings:
         **overrides,
     }
     return settings_for(tmp, **values)
-
-
-def fresh_database(request: pytest.FixtureRequest, kind: str, tmp: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp / 'jobs.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    asyncio.run(_truncate(url))
-    return url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -10,7 +10,8 @@ from sklearn.datasets import load_digits
 
 from modelplex.server import start
 from tests.conftest import wait_ready
-from tests.jobs.conftest import fresh_database, job_settings
+from tests.databases import fresh_database
+from tests.jobs.conftest import job_settings
 from tests.jobs.harness import WorkerProcess, wait_for, wait_job
 
 DIGIT = load_digits(return_X_y=True)[0][0].tolist()

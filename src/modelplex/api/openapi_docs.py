@@ -1,8 +1,13 @@
-"""OpenAPI fragments for routes that parse their own bodies and path parameters."""
+"""OpenAPI fragments for routes that parse their own bodies and path parameters.
+
+Bodies are referenced by name: their schemas come from the envelope classes the
+routes parse with (see `api.app.ModelplexApp.openapi`)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import BaseModel
 
 from modelplex.error_map import wire_error
 
@@ -25,24 +30,35 @@ def _body(content: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-_MULTIPART = {
-    "schema": {
-        "type": "object",
-        "description": "One file field per BYTES input (repeat for more instances); "
-        "optional `top_k`.",
-        "additionalProperties": {"type": "string", "format": "binary"},
-    }
-}
+def schema_ref(name: str) -> dict[str, Any]:
+    return {"schema": {"$ref": f"#/components/schemas/{name}"}}
+
 
 BODY_PREDICT = _body(
     {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
-        "multipart/form-data": _MULTIPART,
+        "application/json": schema_ref("PredictRequest"),
+        "multipart/form-data": schema_ref("PredictForm"),
     }
 )
 BODY_CLASSIFY = _body(
-    {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}}}
+    {
+        "application/json": schema_ref("ClassifyRequest"),
+        "multipart/form-data": schema_ref("ClassifyForm"),
+    }
 )
+
+
+def query_parameters(envelope: type[BaseModel]) -> list[dict[str, Any]]:
+    """An envelope's fields as optional query parameters (a body's fields sent beside it)."""
+    schema = envelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    parameters = []
+    for name, field in schema.get("properties", {}).items():
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": False}
+        parameter["schema"] = {k: v for k, v in field.items() if k not in ("title", "default")}
+        if envelope.model_fields[name].description:
+            parameter["description"] = envelope.model_fields[name].description
+        parameters.append(parameter)
+    return parameters
 
 
 def _path(*names: str) -> list[dict[str, Any]]:

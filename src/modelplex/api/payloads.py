@@ -18,7 +18,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from modelplex.core.instances import PredictOptions, parse_top_k
+from modelplex.api.bodies import ClassifyRequest, PredictForm
+from modelplex.core.envelopes import parse
 from modelplex.core.registry import ServedVersion
 from modelplex.core.tensors import Array, Datatype, bytes_batch, decode_base64
 from modelplex.core.types import InferenceResult
@@ -30,7 +31,6 @@ T = TypeVar("T")
 # request cannot stall every other request on the event loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 _MAX_FORM_FILES = 1000
-_CLASSIFY_FIELDS = frozenset({"image", "top_k", "model", "version"})
 
 
 class Detail(StrEnum):
@@ -102,64 +102,42 @@ async def read_form(request: Request) -> FormItems:
     return items
 
 
-# -- predict ---------------------------------------------------------------
-def parse_predict_form(
-    items: FormItems, served: ServedVersion
-) -> tuple[dict[str, Array], PredictOptions]:
-    """Multipart: one file field per BYTES input (repeat a field for more instances)."""
+# -- forms -----------------------------------------------------------------
+def form_document(items: FormItems) -> dict[str, str | bytes]:
+    """A form's fields by name, for an envelope to parse; a field given twice is an error."""
+    document: dict[str, str | bytes] = {}
+    for field, value in items:
+        if field in document:
+            raise InvalidInput(f"form field '{field}' is given twice")
+        document[field] = value
+    return document
+
+
+def predict_form(items: FormItems, served: ServedVersion) -> tuple[dict[str, Array], PredictForm]:
+    """Multipart predict: each file field is the input it names (repeated for more
+    instances); whether the names and counts fit the model is the validator's to say."""
     if any(s.datatype is not Datatype.BYTES for s in served.inputs):
         raise UnsupportedMediaType(
             f"model '{served.model}' has non-BYTES inputs; send them as JSON"
         )
-    specs = {s.name: s for s in served.inputs}
-    columns: dict[str, list[bytes]] = {name: [] for name in specs}
-    top_k = None
+    options: dict[str, str | bytes] = {}
+    columns: dict[str, list[bytes]] = {}
     for field, value in items:
-        if field == "top_k" and isinstance(value, str):
-            top_k = parse_top_k(value)
-        elif field in specs:
-            columns[field].append(value.encode() if isinstance(value, str) else value)
+        if field in PredictForm.model_fields:
+            options[field] = value
         else:
-            raise InvalidInput(f"unknown form field '{field}'; inputs are {sorted(specs)}")
-    counts = {len(v) for v in columns.values()}
-    if counts == {0}:
-        raise InvalidInput(f"no input uploaded; expected fields {sorted(specs)}")
-    if len(counts) != 1:
-        raise InvalidInput("every input needs the same number of uploads")
-    tensors = {name: bytes_batch(values, specs[name]) for name, values in columns.items()}
-    return tensors, PredictOptions(top_k)
+            columns.setdefault(field, []).append(
+                value.encode() if isinstance(value, str) else value
+            )
+    form = parse(PredictForm, options, "the form")
+    specs = {s.name: s for s in served.inputs}
+    tensors = {name: bytes_batch(values, specs.get(name)) for name, values in columns.items()}
+    return tensors, form
 
 
-# -- classify --------------------------------------------------------------
-class ClassifyOptions:
-    __slots__ = ("image", "model", "top_k", "version")
-
-    def __init__(self, image: bytes, top_k: int, model: str | None, version: str | None) -> None:
-        self.image = image
-        self.top_k = top_k
-        self.model = model
-        self.version = version
-
-
-def parse_classify_json(body: Any) -> ClassifyOptions:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object with an 'image' field")
-    unknown = sorted(set(body) - _CLASSIFY_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown fields {unknown}; expected image, top_k, model, version")
-    image = body.get("image")
-    if not isinstance(image, str) or not image:
-        raise InvalidInput("'image' must be a base64 string")
-    return ClassifyOptions(
-        image=_image_from_text(image),
-        top_k=parse_top_k(body.get("top_k")) or 5,
-        model=_optional_str(body, "model"),
-        version=_optional_str(body, "version"),
-    )
-
-
-def _image_from_text(text: str) -> bytes:
-    """Base64, or a `data:<type>;base64,<data>` URL."""
+def image_of(body: ClassifyRequest) -> bytes:
+    """The image of a JSON classify body: base64, or a `data:<type>;base64,<data>` URL."""
+    text = body.image
     if text.startswith("data:"):
         header, comma, text = text.partition(",")
         if not comma or not header.endswith(";base64"):
@@ -168,37 +146,6 @@ def _image_from_text(text: str) -> bytes:
     if not image:
         raise InvalidInput("'image' is empty")
     return image
-
-
-def parse_classify_form(items: FormItems) -> ClassifyOptions:
-    image: bytes | None = None
-    fields: dict[str, str] = {}
-    for field, value in items:
-        if field == "image":
-            if image is not None:
-                raise InvalidInput("send one 'image' per request (use jobs for many)")
-            image = value.encode() if isinstance(value, str) else value
-        elif field in _CLASSIFY_FIELDS and isinstance(value, str):
-            fields[field] = value
-        else:
-            raise InvalidInput(
-                f"unknown form field '{field}'; expected image, top_k, model, version"
-            )
-    if not image:
-        raise InvalidInput("the form has no 'image' file")
-    return ClassifyOptions(
-        image=image,
-        top_k=parse_top_k(fields.get("top_k")) or 5,
-        model=fields.get("model") or None,
-        version=fields.get("version") or None,
-    )
-
-
-def _optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"'{key}' must be a string")
-    return value or None
 
 
 # -- results ---------------------------------------------------------------
@@ -218,9 +165,12 @@ def render(
         metadata["timing"] = result.timings.as_ms()
         metadata["batch_size"] = result.batch_size
         metadata["input_shape"] = result.input_shapes
-        details = result.version_details
+        served = result.version_info
         metadata["model_version"] = {
-            key: details[key] for key in ("runtime", "artifact", "loaded_at", "is_default")
+            "runtime": served.runtime,
+            "artifact": served.artifact,
+            "loaded_at": served.loaded_at,
+            "is_default": served.is_default,
         }
     return dumps(
         {

@@ -34,15 +34,20 @@ def request_id_of(scope: Any) -> str:
 def error_response(exc: BaseException, request_id: str, path: str | None = None) -> Response:
     """The error as the route's protocol wants it: the Open Inference Protocol's
     `{"error": ...}` under /v2, RFC 9457 problem details everywhere else."""
-    if path is not None and (path == "/v2" or path.startswith("/v2/")):
+    if path is not None and is_v2_path(path):
         wire = wire_error(exc)
         return Response(
             orjson.dumps({"error": public_message(exc)}),
-            status_code=wire.http_status,
+            status_code=wire.v2_status,
             media_type="application/json",
             headers=_headers(exc, request_id),
         )
     return problem_response(exc, request_id, path)
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether `path` is one of the Open Inference Protocol's REST routes."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def _headers(exc: BaseException, request_id: str) -> dict[str, str]:

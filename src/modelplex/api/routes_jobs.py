@@ -5,46 +5,36 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelplex import errors
 from modelplex.api import payloads
-from modelplex.api.openapi_docs import problem_responses
-from modelplex.api.schemas import (
-    BatchView,
-    DeliveryList,
-    JobList,
-    JobSubmit,
-    JobView,
-    PipelineList,
-)
+from modelplex.api.bodies import BatchFields, BatchForm, JobSubmit, JobSubmitForm
+from modelplex.api.deps import modelplex_of
+from modelplex.api.openapi_docs import problem_responses, query_parameters, schema_ref
+from modelplex.api.schemas import BatchView, DeliveryList, JobList, JobView, PipelineList
+from modelplex.api.views import batch_view, delivery_view, job_view
+from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
-from modelplex.jobs.batches import BatchService, batch_view
-from modelplex.jobs.models import JobKind, JobStatus
-from modelplex.jobs.service import JobService, SubmitRequest, delivery_view, job_view
+from modelplex.jobs.batches import BatchService
+from modelplex.jobs.service import JobService, SubmitRequest
+from modelplex.records import JobStatus
 
 router = APIRouter()
 
 JSON = "application/json"
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
 POLL_AFTER_S = "1"
-_SUBMIT_FIELDS = frozenset(
-    {"model", "pipeline", "version", "input", "callback_url", "callback_events", "priority",
-     "metadata"}
-)  # fmt: skip
 _JOB_ERRORS = problem_responses(errors.InvalidInput, errors.NotFound, errors.Unavailable)
 
 
 def _jobs(request: Request) -> JobService:
-    service: JobService = request.app.state.jobs
-    return service
+    return modelplex_of(request).jobs
 
 
 def _batches(request: Request) -> BatchService:
-    service: BatchService = request.app.state.batches
-    return service
+    return modelplex_of(request).batches
 
 
 def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -70,14 +60,8 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
         "requestBody": {
             "required": True,
             "content": {
-                JSON: {"schema": {"$ref": "#/components/schemas/JobSubmit"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "description": "`file` (e.g. a zip of images) plus the JSON fields as "
-                        "form fields (`metadata` as JSON text, `callback_events` comma-separated).",
-                    }
-                },
+                JSON: schema_ref("JobSubmit"),
+                "multipart/form-data": schema_ref("JobSubmitForm"),
             },
         },
         "parameters": [
@@ -95,9 +79,12 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
 async def submit_job(request: Request) -> Response:
     media = payloads.media_type(request)
     if payloads.is_json(media):
-        submit = await payloads.read_json(request, _submit_from_json)
+        body = await payloads.read_json(request, lambda doc: parse(JobSubmit, doc))
+        submit = _submit(body, input=body.input)
     elif media == "multipart/form-data":
-        submit = _submit_from_form(await payloads.read_form(request))
+        fields = payloads.form_document(await payloads.read_form(request))
+        form = parse(JobSubmitForm, fields, "the form")
+        submit = _submit(form, upload=form.file)
     else:
         raise payloads.unsupported(media)
     job, created = await _jobs(request).submit(submit, request.headers.get("idempotency-key"))
@@ -107,80 +94,21 @@ async def submit_job(request: Request) -> Response:
     return _json(job_view(job), status=202, headers=headers)
 
 
-def _target(body: dict[str, Any]) -> tuple[JobKind, str]:
-    if ("model" in body) == ("pipeline" in body):
-        raise InvalidInput("name exactly one of 'model' or 'pipeline'")
-    kind = JobKind.MODEL if "model" in body else JobKind.PIPELINE
-    name = body[kind.value]
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"'{kind.value}' must be a name")
-    return kind, name
-
-
-def _submit_from_json(body: Any) -> SubmitRequest:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(body) - _SUBMIT_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown fields {unknown}; expected {sorted(_SUBMIT_FIELDS)}")
-    kind, target = _target(body)
-    if "input" not in body:
-        raise InvalidInput("'input' is required")
-    events = body.get("callback_events") or []
-    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-        raise InvalidInput("callback_events must be a list of event names")
-    priority = body.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise InvalidInput("priority must be an integer")
+def _submit(
+    body: JobSubmit | JobSubmitForm, *, input: Any = None, upload: bytes | None = None
+) -> SubmitRequest:
+    kind, target = body.target
     return SubmitRequest(
         kind=kind,
         target=target,
-        input=body["input"],
-        version=_opt_str(body.get("version"), "version"),
-        callback_url=_opt_str(body.get("callback_url"), "callback_url"),
-        callback_events=events,
-        priority=priority,
-        metadata=body.get("metadata"),
-    )
-
-
-def _submit_from_form(items: payloads.FormItems) -> SubmitRequest:
-    fields: dict[str, str] = {}
-    upload: bytes | None = None
-    for field, value in items:
-        if field == "file":
-            if upload is not None or isinstance(value, str):
-                raise InvalidInput("send one 'file' upload")
-            upload = value
-        elif field in _SUBMIT_FIELDS and isinstance(value, str) and field != "input":
-            fields[field] = value
-        else:
-            raise InvalidInput(f"unknown form field '{field}'")
-    if upload is None:
-        raise InvalidInput("the form has no 'file'; send JSON for inputs without a file")
-    kind, target = _target(dict(fields))
-    try:
-        priority = int(fields.get("priority", "0"))
-        metadata = orjson.loads(fields["metadata"]) if "metadata" in fields else None
-    except (ValueError, orjson.JSONDecodeError):
-        raise InvalidInput("priority must be an integer and metadata JSON") from None
-    events = [e.strip() for e in fields.get("callback_events", "").split(",") if e.strip()]
-    return SubmitRequest(
-        kind=kind,
-        target=target,
+        input=input,
         upload=upload,
-        version=fields.get("version") or None,
-        callback_url=fields.get("callback_url") or None,
-        callback_events=events,
-        priority=priority,
-        metadata=metadata,
+        version=body.version or None,
+        callback_url=body.callback_url or None,
+        callback_events=list(body.callback_events),
+        priority=body.priority,
+        metadata=body.metadata,
     )
-
-
-def _opt_str(value: Any, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"'{name}' must be a string")
-    return value or None
 
 
 @router.get(
@@ -273,67 +201,41 @@ async def job_deliveries(request: Request, job_id: str) -> Response:
     openapi_extra={
         "requestBody": {
             "required": True,
+            "description": "A multipart form with the file, or the file itself as "
+            "application/jsonl with the same fields as query parameters.",
             "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "description": "`file` (JSONL), `model` or `pipeline`, optional "
-                        "`version`, `options` (JSON: top_k, outputs), `metadata` (JSON).",
-                    }
-                },
-                "application/jsonl": {
-                    "schema": {"type": "string"},
-                    "description": "The file itself; name the target with ?model= or ?pipeline=.",
-                },
+                "multipart/form-data": schema_ref("BatchForm"),
+                "application/jsonl": {"schema": {"type": "string"}},
             },
-        }
+        },
+        "parameters": query_parameters(BatchFields),
     },
 )
 async def submit_batch(request: Request) -> Response:
     media = payloads.media_type(request)
+    fields: BatchFields
     if media in JSONL_TYPES:
-        fields = dict(request.query_params)
+        fields = parse(BatchFields, dict(request.query_params), "the query")
         content = await request.body()
     elif media == "multipart/form-data":
-        fields, content = _batch_form(await payloads.read_form(request))
+        form = parse(BatchForm, payloads.form_document(await payloads.read_form(request)))
+        fields, content = form, form.file
     else:
         raise errors.UnsupportedMediaType(
             f"content type '{media or '(none)'}' is not supported; send multipart/form-data "
             "with a 'file', or the file as application/jsonl"
         )
-    unknown = sorted(set(fields) - {"model", "pipeline", "version", "options", "metadata"})
-    if unknown:
-        raise InvalidInput(f"unknown fields {unknown}")
-    kind, target = _target(fields)
-    try:
-        options = orjson.loads(fields["options"]) if fields.get("options") else None
-        metadata = orjson.loads(fields["metadata"]) if fields.get("metadata") else None
-    except orjson.JSONDecodeError:
-        raise InvalidInput("options and metadata must be JSON") from None
+    kind, target = fields.target
+    options = fields.options.model_dump(exclude_none=True) if fields.options else None
     batch = await _batches(request).create(
         content,
         kind=kind,
         target=target,
-        version=fields.get("version") or None,
-        options=options,
-        metadata=metadata,
+        version=fields.version,
+        options=options or None,
+        metadata=fields.metadata,
     )
     return _json(batch_view(batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"})
-
-
-def _batch_form(items: payloads.FormItems) -> tuple[dict[str, str], bytes]:
-    fields: dict[str, str] = {}
-    content: bytes | None = None
-    for field, value in items:
-        if field == "file" and isinstance(value, bytes) and content is None:
-            content = value
-        elif isinstance(value, str) and field not in fields:
-            fields[field] = value
-        else:
-            raise InvalidInput(f"unexpected form field '{field}'")
-    if content is None:
-        raise InvalidInput("the form has no 'file'")
-    return fields, content
 
 
 @router.get(
@@ -395,4 +297,4 @@ async def list_pipelines(request: Request) -> Response:
     return _json({"pipelines": [p.describe() for p in _jobs(request).pipelines.all()]})
 
 
-REQUEST_SCHEMAS = (JobSubmit,)
+REQUEST_SCHEMAS = (JobSubmit, JobSubmitForm, BatchForm, BatchFields)

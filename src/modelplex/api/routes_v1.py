@@ -14,20 +14,20 @@ from starlette.responses import Response
 
 from modelplex import errors
 from modelplex.api import payloads
+from modelplex.api.bodies import ClassifyForm, ClassifyRequest, PredictForm
+from modelplex.api.deps import modelplex_of
 from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
 from modelplex.api.problems import request_id_of
-from modelplex.api.schemas import (
-    ClassifyRequest,
-    ClassifyResponse,
-    Health,
-    ModelDetail,
-    ModelList,
-    PredictRequest,
-    PredictResponse,
-)
+from modelplex.api.schemas import ClassifyResponse, Health, ModelDetail, ModelList, PredictResponse
+from modelplex.api.views import model_detail, model_summary
 from modelplex.core.dataplane import DataPlane
-from modelplex.core.instances import class_json, parse_predict_json, predictions_json
-from modelplex.core.registry import ModelEntry, ModelState, version_sort_key
+from modelplex.core.envelopes import parse
+from modelplex.core.instances import (
+    PredictRequest,
+    class_json,
+    parse_predict_json,
+    predictions_json,
+)
 from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.errors import InvalidInput
 from modelplex.settings import Settings
@@ -56,20 +56,16 @@ async def healthz() -> Response:
     responses={503: {"description": "Still loading", "model": Health}},
 )
 async def readyz(request: Request) -> Response:
-    registry = _dataplane(request).registry
-    entries = registry.entries()
-    models = {
-        "ready": [e.name for e in entries if e.state is ModelState.READY],
-        "failed": {e.name: e.reason for e in entries if e.state is ModelState.FAILED},
-    }
-    if not registry.loaded.is_set():
+    readiness = _dataplane(request).registry.readiness()
+    models = {"ready": list(readiness.ready), "failed": readiness.failed}
+    if not readiness.loaded:
         return _json({"status": "loading", "models": models}, status=503)
     return _json({"status": "ready", "models": models})
 
 
 @router.get("/v1/models", tags=["models"], response_model=ModelList, summary="List models")
 async def list_models(request: Request) -> Response:
-    return _json({"models": [_summary(e) for e in _dataplane(request).registry.entries()]})
+    return _json({"models": [model_summary(m) for m in _dataplane(request).registry.catalog()]})
 
 
 @router.get(
@@ -80,7 +76,7 @@ async def list_models(request: Request) -> Response:
     responses=problem_responses(errors.ModelNotFound),
 )
 async def get_model(request: Request, model: str) -> Response:
-    return _json(_detail(_dataplane(request).registry.entry(model)))
+    return _json(model_detail(_dataplane(request).registry.describe(model)))
 
 
 @router.post(
@@ -123,17 +119,21 @@ async def classify(request: Request) -> Response:
     deadline_ms = timeout_ms(request, settings)
     media = payloads.media_type(request)
     decode_start = time.perf_counter()
+    body: ClassifyRequest | ClassifyForm
     if payloads.is_json(media):
-        options = await payloads.read_json(request, payloads.parse_classify_json)
+        body = await payloads.read_json(request, lambda doc: parse(ClassifyRequest, doc))
+        image = payloads.image_of(body)
     elif media == "multipart/form-data":
-        options = payloads.parse_classify_form(await payloads.read_form(request))
+        fields = payloads.form_document(await payloads.read_form(request))
+        body = parse(ClassifyForm, fields, "the form")
+        image = body.image
     else:
         raise payloads.unsupported(media)
     result = await dataplane.classify(
-        options.image,
-        model=options.model or settings.classify_model,
-        version=options.version,
-        top_k=options.top_k,
+        image,
+        model=body.model or settings.classify_model,
+        version=body.version,
+        top_k=body.top_k,
         arrived_at=arrived,
         request_id=request_id_of(request.scope),
         timeout_ms=deadline_ms,
@@ -144,7 +144,7 @@ async def classify(request: Request) -> Response:
 
 
 # Documented here, parsed by hand in the routes (see schemas.py).
-REQUEST_SCHEMAS = (PredictRequest, ClassifyRequest)
+REQUEST_SCHEMAS = (PredictRequest, PredictForm, ClassifyRequest, ClassifyForm)
 
 
 async def _predict(request: Request, model: str, version: str | None) -> Response:
@@ -155,12 +155,15 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     served = dataplane.resolve(model, version)
     media = payloads.media_type(request)
     decode_start = time.perf_counter()
+    options: PredictRequest | PredictForm
+    outputs: list[str] | None = None
     if payloads.is_json(media):
-        inputs, options = await payloads.read_json(
-            request, lambda body: parse_predict_json(body, served)
+        inputs, body = await payloads.read_json(
+            request, lambda doc: parse_predict_json(doc, served)
         )
+        options, outputs = body, body.outputs
     elif media == "multipart/form-data":
-        inputs, options = payloads.parse_predict_form(await payloads.read_form(request), served)
+        inputs, options = payloads.predict_form(await payloads.read_form(request), served)
     else:
         raise payloads.unsupported(media)
     inference = InferenceRequest(
@@ -171,7 +174,7 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         request_id=request_id_of(request.scope),
         timeout_ms=deadline_ms,
         top_k=options.top_k,
-        outputs=options.outputs,
+        outputs=outputs,
     )
     inference.timings.decode_s = time.perf_counter() - decode_start
     result = await dataplane.infer(inference)
@@ -180,13 +183,11 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
 
 
 def _dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
+    return modelplex_of(request).dataplane
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return modelplex_of(request).settings
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -219,40 +220,3 @@ def timeout_ms(request: Request, settings: Settings) -> int | None:
             f"X-Request-Timeout-Ms must be an integer from 1 to {settings.max_request_timeout_ms}"
         )
     return value
-
-
-def _summary(entry: ModelEntry) -> dict[str, Any]:
-    versions = sorted({*entry.versions, *entry.failures}, key=version_sort_key)
-    return {
-        "name": entry.name,
-        "state": entry.state.value,
-        "default_version": entry.default_version,
-        "versions": versions,
-        "description": entry.config.description if entry.config else "",
-        "reason": entry.reason,
-    }
-
-
-def _detail(entry: ModelEntry) -> dict[str, Any]:
-    doc = _summary(entry)
-    config = entry.config
-    if config is None:
-        return doc
-    doc.update(
-        inputs=[t.spec().describe() for t in config.inputs],
-        outputs=[t.spec().describe() for t in config.outputs],
-        labels=entry.labels,
-        version_details=[
-            {**v.describe(), "stats": v.stats.as_dict()} for v in entry.versions.values()
-        ]
-        + [f.describe() for f in entry.failures.values()],
-    )
-    reference = entry.versions.get(entry.default_version or "") or next(
-        iter(entry.versions.values()), None
-    )
-    if reference is not None:
-        doc["batching"] = reference.batcher.settings()
-        doc["timeout_ms"] = int(reference.timeout_s * 1000)
-    if config.preprocessing:
-        doc["preprocessing"] = config.preprocessing.model_dump()
-    return doc

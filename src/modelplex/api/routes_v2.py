@@ -16,12 +16,12 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from modelplex.api.deps import modelplex_of
 from modelplex.api.payloads import dumps
 from modelplex.api.routes_v1 import timeout_ms
 from modelplex.errors import InvalidInput, ModelNotReady, PayloadTooLarge, UnsupportedMediaType
 from modelplex.oip import codec
 from modelplex.oip.service import RequestedOutput, V2Request, V2Response, V2Service, V2Tensor
-from modelplex.settings import Settings
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 
@@ -31,8 +31,7 @@ _COMPRESS_ABOVE = 1024
 
 
 def _service(request: Request) -> V2Service:
-    service: V2Service = request.app.state.v2
-    return service
+    return modelplex_of(request).v2
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -93,7 +92,7 @@ async def infer(request: Request) -> Response:
     arrived = time.monotonic()
     body = await _body(request)
     document, inputs = await _parse(body, request.headers.get(HEADER_LENGTH))
-    settings: Settings = request.app.state.settings
+    settings = modelplex_of(request).settings
     v2_request = V2Request(
         model=request.path_params["model"],
         version=request.path_params.get("version") or None,
@@ -163,7 +162,7 @@ async def _body(request: Request) -> bytes:
         raise UnsupportedMediaType(
             f"Content-Encoding '{encoding}' is not supported (gzip, deflate)"
         )
-    settings: Settings = request.app.state.settings
+    settings = modelplex_of(request).settings
     return await asyncio.to_thread(_decompress, body, encoding, settings.max_request_bytes)
 
 

@@ -1,9 +1,10 @@
-"""Wire shapes of the /v1 API, for the OpenAPI document.
+"""Response shapes of the /v1 API, for the OpenAPI document.
 
-Hot routes parse and render JSON themselves (orjson, no per-request pydantic
-validation: it costs more than running a small model); these models are the
-contract those routes keep, and `tests/api/test_openapi.py` checks responses
-against them.
+Hot routes render JSON themselves (orjson: building pydantic objects per
+response costs more than running a small model); these models are the contract
+those routes keep, and the schema-driven tests check every response against
+them. Request bodies are declared in `api.bodies` (and `core.instances`),
+where the routes parse them.
 """
 
 from __future__ import annotations
@@ -63,15 +64,6 @@ class Metadata(BaseModel):
     model_version: ModelVersionDetail | None = Field(None, description="verbose only")
 
 
-class ClassifyRequest(_Closed):
-    """JSON body of POST /v1/classify (multipart: a file field `image`, same optional fields)."""
-
-    image: str = Field(description="Base64 (or data: URL) of a JPEG, PNG or WebP file.")
-    top_k: int = Field(5, ge=1)
-    model: str | None = Field(None, description="Defaults to the server's classify_model.")
-    version: str | None = None
-
-
 class ClassifyResponse(BaseModel):
     """`minimal` detail returns only `predictions`."""
 
@@ -79,25 +71,6 @@ class ClassifyResponse(BaseModel):
     model: ModelRef
     predictions: list[ClassPrediction]
     metadata: Metadata
-
-
-class PredictParameters(_Closed):
-    top_k: int | None = Field(
-        None, ge=1, description="Classification models: classes per instance."
-    )
-    outputs: list[str] | None = Field(None, description="Outputs to return (default: all).")
-
-
-class PredictRequest(_Closed):
-    """Exactly one of `instance` or `instances`.
-
-    An instance is the value of the model's only input, or an object keyed by
-    input name. BYTES values are UTF-8 strings or `{"b64": "..."}`.
-    """
-
-    instance: Any | None = None
-    instances: list[Any] | None = None
-    parameters: PredictParameters | None = None
 
 
 class InstancePrediction(BaseModel):
@@ -170,29 +143,6 @@ class Health(BaseModel):
 
 
 # -- jobs and batches -----------------------------------------------------------
-class JobSubmit(_Closed):
-    """POST /v1/jobs. Exactly one of `model` or `pipeline`."""
-
-    model: str | None = None
-    pipeline: str | None = None
-    version: str | None = Field(None, description="Model jobs: a version (default: the default).")
-    input: Any = Field(
-        description="Model jobs: a /v1 predict body ({instance} or {instances}, parameters); "
-        "pipelines: their input object, e.g. album-tagging's {images: [base64, ...]}."
-    )
-    callback_url: str | None = Field(
-        None, description="Receives signed webhooks (Standard Webhooks)."
-    )
-    callback_events: list[Literal["job.step"]] = Field(
-        default_factory=list,
-        description="Extra events; completion, failure and cancellation are always sent.",
-    )
-    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
-    metadata: dict[str, Any] | None = Field(
-        None, description="Yours; returned with the job and its webhooks."
-    )
-
-
 class JobStep(BaseModel):
     name: str
     status: Literal["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]

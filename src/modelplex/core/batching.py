@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelplex.core.catalog import BatchingInfo
 from modelplex.core.stats import ModelStats
 from modelplex.core.tensors import Array
 from modelplex.errors import (
@@ -126,13 +127,13 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    def settings(self) -> dict[str, float | int]:
-        return {
-            "max_batch_size": self.max_batch_size,
-            "max_batch_delay_ms": self.max_batch_delay_s * 1000,
-            "max_queue_size": self.max_queue_rows,
-            "instances": self.instances,
-        }
+    def settings(self) -> BatchingInfo:
+        return BatchingInfo(
+            max_batch_size=self.max_batch_size,
+            max_batch_delay_ms=self.max_batch_delay_s * 1000,
+            max_queue_size=self.max_queue_rows,
+            instances=self.instances,
+        )
 
     def admit(self, rows: int) -> Admission:
         """Reserve queue space for `rows`, or refuse at once with ResourceExhausted."""
@@ -361,14 +362,11 @@ class Batcher:
         except Exception as exc:
             elapsed = time.monotonic() - start
             self._stats.record_batch(rows, elapsed)
-            if isinstance(exc, ModelplexError):
-                message = exc.message
-            else:
+            if not isinstance(exc, ModelplexError):
                 log.error("model %s failed on a batch of %d rows", self.name, rows, exc_info=exc)
-                message = f"model '{self.name}' failed on a batch of {rows} rows"
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(InferenceFailed(message))
+                    item.future.set_exception(self._member_error(exc, rows))
             return
         elapsed = time.monotonic() - start
         self._stats.record_batch(rows, elapsed)
@@ -383,6 +381,13 @@ class Batcher:
             if not item.future.done():
                 self._stats.queue.add(start - item.enqueued)
                 item.future.set_result(BatchOutcome(part, start - item.enqueued, elapsed, rows))
+
+    def _member_error(self, exc: Exception, rows: int) -> ModelplexError:
+        """What each member of a failed batch hears: the runtime's own domain error
+        (a graph refusing the input is the client's problem), else InferenceFailed."""
+        if isinstance(exc, ModelplexError):
+            return type(exc)(exc.message)  # one instance per caller: tracebacks are per raise
+        return InferenceFailed(f"model '{self.name}' failed on a batch of {rows} rows")
 
     def _check_outputs(self, outputs: dict[str, Array], rows: int) -> None:
         for name in self._output_names:

@@ -9,7 +9,7 @@ import numpy as np
 from modelplex.core.model_config import ClassificationConfig
 from modelplex.core.tensors import Array
 from modelplex.core.types import ClassScore
-from modelplex.errors import InvalidInput, ModelLoadError
+from modelplex.errors import ModelLoadError
 
 
 def read_labels(path: Path) -> list[str]:
@@ -40,9 +40,7 @@ class Classifier:
         if scores.ndim != 2:
             scores = scores.reshape(len(scores), -1)
         classes = scores.shape[1]
-        if k < 1:
-            raise InvalidInput("top_k must be at least 1")
-        k = min(k, classes)
+        k = min(max(k, 1), classes)  # k >= 1 is the validator's rule; 1 keeps this total
         if self._softmax:
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = shifted / shifted.sum(axis=1, keepdims=True)

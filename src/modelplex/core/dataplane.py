@@ -1,8 +1,9 @@
 """The protocol-neutral data plane: typed requests in, typed results out.
 
-REST routes (and, later, gRPC servicers) only translate wire formats into an
-`InferenceRequest` and an `InferenceResult` back; everything about deadlines,
-pre-processing, batching and post-processing happens here.
+REST routes, the gRPC servicer and the job runner only translate wire formats
+into an `InferenceRequest` and an `InferenceResult` back; checking the request
+(`validation`), deadlines, pre-processing, batching and post-processing happen
+here.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from modelplex.core.registry import ModelRegistry, ServedVersion
-from modelplex.core.tensors import Array, TensorSpec, batch_size_of
 from modelplex.core.types import InferenceRequest, InferenceResult
+from modelplex.core.validation import CheckedRequest, check
 from modelplex.errors import InferenceTimeout, InvalidInput
 from modelplex.settings import Settings
 
@@ -38,24 +39,16 @@ class DataPlane:
             timeout_s = min(timeout_s, request.timeout_ms / 1000)
         return request.arrived_at + timeout_s
 
+    def check(self, request: InferenceRequest) -> CheckedRequest:
+        """The request checked against the version that would serve it."""
+        return check(self.registry.get(request.model, request.version), request)
+
     async def infer(self, request: InferenceRequest) -> InferenceResult:
-        served = self.registry.get(request.model, request.version)
-        self._validate(served.inputs, request.inputs)
-        rows = batch_size_of(request.inputs)
-        if rows < 1:
-            raise InvalidInput("the request has no instances")
-        if rows > served.batcher.max_queue_rows:
-            raise InvalidInput(
-                f"the request has {rows} instances; model '{served.model}' accepts at most "
-                f"{served.batcher.max_queue_rows} per request"
-            )
-        if request.top_k is not None and request.top_k < 1:
-            raise InvalidInput("top_k must be at least 1")
-        if request.outputs is not None:
-            known = {o.name for o in served.outputs}
-            unknown = [name for name in request.outputs if name not in known]
-            if unknown:
-                raise InvalidInput(f"unknown outputs {unknown}; the model has {sorted(known)}")
+        return await self.execute(self.check(request))
+
+    async def execute(self, checked: CheckedRequest) -> InferenceResult:
+        """Run a checked request: deadline, admission, pre-processing, batch, results."""
+        served, request, rows = checked.served, checked.request, checked.rows
         deadline = self.deadline_for(served, request)
         started = time.monotonic()
         # asyncio's timeouts run on the loop's clock; convert our monotonic deadline.
@@ -118,7 +111,7 @@ class DataPlane:
             batch_size=batch.batch_size,
             rows=rows,
             input_shapes=input_shapes,
-            version_details=served.describe(),
+            version_info=served.info,
         )
 
     async def classify(
@@ -150,18 +143,6 @@ class DataPlane:
         )
         request.timings.decode_s = decode_s
         return await self.infer(request)
-
-    @staticmethod
-    def _validate(specs: tuple[TensorSpec, ...], inputs: dict[str, Array]) -> None:
-        by_name = {s.name: s for s in specs}
-        unknown = sorted(set(inputs) - set(by_name))
-        if unknown:
-            raise InvalidInput(f"unknown inputs {unknown}; the model takes {sorted(by_name)}")
-        missing = sorted(set(by_name) - set(inputs))
-        if missing:
-            raise InvalidInput(f"missing inputs {missing}")
-        for name, tensor in inputs.items():
-            by_name[name].check_batch(tensor)
 
     def close(self) -> None:
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)

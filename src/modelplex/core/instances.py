@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, model_validator
 
+from modelplex.core.envelopes import Envelope, JsonInt, parse
 from modelplex.core.registry import ServedVersion
 from modelplex.core.tensors import Array, TensorSpec, row_to_json, to_tensor
 from modelplex.core.types import ClassScore, InferenceResult
+from modelplex.core.validation import check_row_count
 from modelplex.errors import InvalidInput
 
 
@@ -40,70 +43,61 @@ def instances_to_tensors(instances: list[Any], specs: tuple[TensorSpec, ...]) ->
     return {s.name: to_tensor(columns[s.name], s) for s in specs}
 
 
-_PREDICT_FIELDS = frozenset({"instance", "instances", "parameters"})
-_PARAMETER_FIELDS = frozenset({"top_k", "outputs"})
-_MAX_TOP_K_DIGITS = 6
+class PredictParameters(Envelope):
+    top_k: JsonInt | None = Field(
+        None, description="Classification models: classes per instance (at least 1)."
+    )
+    outputs: list[str] | None = Field(None, description="Outputs to return (default: all).")
 
 
-def parse_top_k(raw: Any) -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, str):
-        text = raw.strip()
-        if not (text.isascii() and text.isdigit() and len(text) <= _MAX_TOP_K_DIGITS):
-            raise InvalidInput("top_k must be a positive integer")
-        raw = int(text)
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-        raise InvalidInput("top_k must be a positive integer")
-    return raw
+class PredictRequest(Envelope):
+    """Exactly one of `instance` or `instances`.
+
+    An instance is the value of the model's only input, or an object keyed by
+    input name. BYTES values are UTF-8 strings or `{"b64": "..."}`.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["instance"]}, {"required": ["instances"]}]}
+    )
+
+    instance: Any = Field(None, description="One instance.")
+    instances: list[Any] | None = Field(
+        None, json_schema_extra={"minItems": 1}, description="A non-empty list of instances."
+    )
+    parameters: PredictParameters | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        given = self.model_fields_set
+        if ("instance" in given) == ("instances" in given):
+            raise ValueError("send exactly one of 'instance' or 'instances'")
+        if "instances" in given and not self.instances:
+            raise ValueError("'instances' must be a non-empty list")
+        return self
+
+    @property
+    def rows(self) -> list[Any]:
+        return self.instances if self.instances is not None else [self.instance]
+
+    @property
+    def top_k(self) -> int | None:
+        return self.parameters.top_k if self.parameters else None
+
+    @property
+    def outputs(self) -> list[str] | None:
+        return self.parameters.outputs if self.parameters else None
 
 
-class PredictOptions:
-    __slots__ = ("outputs", "top_k")
-
-    def __init__(self, top_k: int | None = None, outputs: list[str] | None = None) -> None:
-        self.top_k = top_k
-        self.outputs = outputs
-
-
-def parse_predict_json(body: Any, served: ServedVersion) -> tuple[dict[str, Array], PredictOptions]:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object with 'instance' or 'instances'")
-    unknown = sorted(set(body) - _PREDICT_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown fields {unknown}; expected instance, instances, parameters")
-    if ("instance" in body) == ("instances" in body):
-        raise InvalidInput("send exactly one of 'instance' or 'instances'")
-    if "instance" in body:
-        instances = [body["instance"]]
-    else:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise InvalidInput("'instances' must be a non-empty list")
-    limit = served.batcher.max_queue_rows
-    if len(instances) > limit:  # before converting thousands of rows only to refuse them
-        raise InvalidInput(
-            f"the request has {len(instances)} instances; "
-            f"model '{served.model}' accepts at most {limit} per request"
-        )
-    options = parse_parameters(body.get("parameters"))
-    return instances_to_tensors(instances, served.inputs), options
-
-
-def parse_parameters(raw: Any) -> PredictOptions:
-    if raw is None:
-        return PredictOptions()
-    if not isinstance(raw, dict):
-        raise InvalidInput("'parameters' must be an object")
-    unknown = sorted(set(raw) - _PARAMETER_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown parameters {unknown}; expected top_k, outputs")
-    outputs = raw.get("outputs")
-    if outputs is not None and (
-        not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)
-    ):
-        raise InvalidInput("parameters.outputs must be a list of output names")
-    return PredictOptions(top_k=parse_top_k(raw.get("top_k")), outputs=outputs)
+def parse_predict_json(
+    document: Any, served: ServedVersion
+) -> tuple[dict[str, Array], PredictRequest]:
+    """A decoded JSON predict body: its envelope, and its instances as tensors for
+    `served` (decoded, not yet checked)."""
+    body = parse(PredictRequest, document)
+    rows = body.rows
+    check_row_count(served, len(rows))  # before converting thousands of rows to refuse them
+    return instances_to_tensors(rows, served.inputs), body
 
 
 def _is_keyed(instance: Any, names: set[str]) -> bool:

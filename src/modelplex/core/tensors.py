@@ -86,31 +86,8 @@ class TensorSpec:
             return False
         return all(want in (-1, got) for want, got in zip(self.shape, instance_shape, strict=True))
 
-    def check_batch(self, tensor: Array) -> None:
-        """Raise InvalidInput unless `tensor` is a batch of instances of this spec."""
-        if tensor.ndim < 1:
-            raise InvalidInput(f"input '{self.name}' must have a batch dimension")
-        if not self.accepts_shape(tuple(tensor.shape[1:])):
-            raise InvalidInput(
-                f"input '{self.name}' has shape {list(tensor.shape[1:])} per instance; "
-                f"expected {list(self.shape)}"
-            )
-        if Datatype.from_numpy(tensor.dtype) is not self.datatype:
-            raise InvalidInput(
-                f"input '{self.name}' has datatype {Datatype.from_numpy(tensor.dtype)}; "
-                f"expected {self.datatype}"
-            )
-
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": str(self.datatype), "shape": list(self.shape)}
-
-
-def batch_size_of(tensors: dict[str, Array]) -> int:
-    """Rows in a set of batch-first tensors; they must all agree."""
-    sizes = {len(t) for t in tensors.values()}
-    if len(sizes) != 1:
-        raise InvalidInput("all inputs must have the same number of instances")
-    return sizes.pop()
 
 
 _INT_KINDS = frozenset("iu")
@@ -118,23 +95,20 @@ _NUMBER_KINDS = frozenset("iuf")
 
 
 def to_tensor(values: list[Any], spec: TensorSpec) -> Array:
-    """Convert a JSON-decoded batch of instances (a list) into a tensor for `spec`.
+    """Decode a JSON batch of instances (a list) into a tensor of `spec`'s datatype.
 
+    Decoding only: whether the tensor fits the model is `validation`'s to say.
     Conversions that would lose information are refused rather than performed:
     floats for an integer input, strings for a number, booleans for a number,
     ragged nesting, integers out of range, numbers too large for a float type.
     """
     if spec.datatype is Datatype.BYTES:
-        tensor = _bytes_tensor(values, spec.name)
-        spec.check_batch(tensor)
-        return tensor
+        return _bytes_tensor(values, spec.name)
     try:
         raw = np.asarray(values)
     except (ValueError, OverflowError):
         raise InvalidInput(f"input '{spec.name}' is ragged or not a numeric array") from None
-    tensor = cast_checked(raw, spec.datatype, f"input '{spec.name}'")
-    spec.check_batch(tensor)
-    return tensor
+    return cast_checked(raw, spec.datatype, f"input '{spec.name}'")
 
 
 def cast_checked(raw: Array, datatype: Datatype, what: str) -> Array:
@@ -172,12 +146,12 @@ def cast_checked(raw: Array, datatype: Datatype, what: str) -> Array:
     return tensor
 
 
-def bytes_batch(items: list[bytes], spec: TensorSpec) -> Array:
-    """One BYTES element per instance (uploads), shaped for a `()`, `(1,)` or `(-1,)` spec."""
+def bytes_batch(items: list[bytes], spec: TensorSpec | None) -> Array:
+    """One BYTES element per instance (uploads), shaped for a `()`, `(1,)` or `(-1,)`
+    spec (no spec: an input the model does not have, left for the validator to refuse)."""
     arr = np.empty(len(items), dtype=object)
     arr[:] = items
-    shaped: Array = arr.reshape(len(items), 1) if spec.shape else arr
-    spec.check_batch(shaped)
+    shaped: Array = arr.reshape(len(items), 1) if spec is not None and spec.shape else arr
     return shaped
 
 

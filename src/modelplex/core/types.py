@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from modelplex.core.catalog import VersionInfo
 from modelplex.core.tensors import Array
 
 
@@ -68,5 +68,5 @@ class InferenceResult:
     rows: int
     input_shapes: dict[str, list[int]]
     """Shapes of the tensors the model received (after pre-processing)."""
-    version_details: dict[str, Any]
-    """The serving version's runtime, artefact, load time and whether it is the default."""
+    version_info: VersionInfo
+    """The serving version: runtime, artefact, load time, whether it is the default."""

@@ -16,19 +16,19 @@ from typing import Any
 
 import orjson
 
-from modelplex.core.instances import parse_parameters
-from modelplex.errors import BatchNotFound, InvalidInput, ModelNotReady
-from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import Batch, JobKind, JobStatus, NewJob
-from modelplex.jobs.service import JobService, check_metadata, iso
-from modelplex.storage.jobstore import SqlJobStore
+from modelplex.core.envelopes import parse
+from modelplex.core.instances import PredictParameters
+from modelplex.errors import BatchNotFound, InternalError, InvalidInput, PipelineNotReady
+from modelplex.jobs.service import JobService, check_metadata
+from modelplex.records import Batch, Job, JobError, JobKind, JobStatus, NewBatch, NewJob
+from modelplex.storage.interface import Store
 
 MAX_CUSTOM_ID = 256
 _PAGE = 200
 
 
 class BatchService:
-    def __init__(self, store: SqlJobStore, jobs: JobService) -> None:
+    def __init__(self, store: Store, jobs: JobService) -> None:
         self.store = store
         self.jobs = jobs
 
@@ -44,23 +44,21 @@ class BatchService:
     ) -> Batch:
         settings = self.jobs.settings
         if kind is JobKind.MODEL:
-            self.jobs.check_model(target, version, None)
+            version = self.jobs.pin_version(target, version)
         else:
             pipeline = self.jobs.pipelines.get(target)
             if pipeline.config is None:
-                raise ModelNotReady(f"pipeline '{target}' is not ready: {pipeline.reason}")
+                raise PipelineNotReady(f"pipeline '{target}' is not ready: {pipeline.reason}")
         if options is not None:
             if kind is not JobKind.MODEL:
                 raise InvalidInput("options (top_k, outputs) apply to model batches only")
-            parse_parameters(options)
+            parse(PredictParameters, options, "options")
         check_metadata(metadata)
         # Parsing a big file takes a while: not on the event loop.
         valid, invalid = await asyncio.to_thread(parse_lines, content, settings.max_batch_lines)
         if not valid and not invalid:
             raise InvalidInput("the batch file has no lines")
         size = settings.batch_chunk_size
-        chunks = [valid[i : i + size] for i in range(0, len(valid), size)]
-        batch_id = new_id("batch")
         chunk_jobs = [
             NewJob(
                 kind=JobKind.BATCH_CHUNK,
@@ -68,27 +66,12 @@ class BatchService:
                 version=version,
                 max_attempts=settings.job_max_attempts,
                 steps=["chunk"],
-                input={"target_kind": kind.value, "items": chunk, "options": options},
-                batch_id=batch_id,
-                chunk_index=index,
+                input={"target_kind": kind.value, "items": valid[i : i + size], "options": options},
             )
-            for index, chunk in enumerate(chunks)
+            for i in range(0, len(valid), size)
         ]
-        row = {
-            "id": batch_id,
-            "kind": kind.value,
-            "target": target,
-            "version": version,
-            "status": JobStatus.PROCESSING.value if chunks else JobStatus.COMPLETED.value,
-            "total": len(valid) + len(invalid),
-            "completed": 0,
-            "failed": len(invalid),
-            "chunks": len(chunks),
-            "chunks_done": 0,
-            "invalid_lines": invalid,
-            "batch_metadata": metadata,
-        }
-        return await self.store.create_batch(row, chunk_jobs)
+        batch = NewBatch(kind, target, version, len(valid) + len(invalid), invalid, metadata)
+        return await self.store.create_batch(batch, chunk_jobs)
 
     async def get(self, batch_id: str) -> Batch:
         batch = await self.store.get_batch(batch_id)
@@ -116,19 +99,17 @@ class BatchService:
                 return
             for chunk in chunks:
                 after = chunk.chunk_index if chunk.chunk_index is not None else after
-                for item in await self._chunk_lines(chunk.id, chunk.status, chunk):
+                for item in await self._chunk_lines(chunk):
                     if ("error" in item) == errors:
                         yield orjson.dumps(item) + b"\n"
 
-    async def _chunk_lines(
-        self, chunk_id: str, status: JobStatus, chunk: Any
-    ) -> list[dict[str, Any]]:
-        if status is JobStatus.COMPLETED:
-            result = await self.jobs.result(chunk_id)
+    async def _chunk_lines(self, chunk: Job) -> list[dict[str, Any]]:
+        if chunk.status is JobStatus.COMPLETED:
+            result = await self.jobs.result(chunk.id)
             items: list[dict[str, Any]] = result["items"]
             return items
-        if status is JobStatus.FAILED:
-            error = chunk.error or {"code": "INTERNAL", "message": "the chunk failed"}
+        if chunk.status is JobStatus.FAILED:
+            error = chunk.error or JobError.of(InternalError("the chunk failed")).as_dict()
             return [
                 {"custom_id": item["custom_id"], "error": error}
                 for item in chunk.input["items"]  # chunk inputs are always inline
@@ -169,35 +150,6 @@ def parse_lines(
 
 
 def _refused(line: int, custom_id: str | None, message: str) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "line": line,
-        "error": {"code": "INVALID_INPUT", "message": message},
-    }
-
-
-def batch_view(batch: Batch) -> dict[str, Any]:
-    finished = batch.completed + batch.failed
-    return {
-        "id": batch.id,
-        "status": batch.status.value,
-        batch.kind.value: batch.target,
-        "version": batch.version,
-        "counts": {
-            "total": batch.total,
-            "completed": batch.completed,
-            "failed": batch.failed,
-            "pending": max(0, batch.total - finished) if batch.finished_at is None else 0,
-            "cancelled": max(0, batch.total - finished) if batch.finished_at is not None else 0,
-        },
-        "progress": round(finished / batch.total, 4) if batch.total else 1.0,
-        "created_at": iso(batch.created_at),
-        "finished_at": iso(batch.finished_at),
-        "metadata": batch.metadata,
-        "links": {
-            "self": f"/v1/batches/{batch.id}",
-            "results": f"/v1/batches/{batch.id}/results",
-            "errors": f"/v1/batches/{batch.id}/errors",
-            "cancel": f"/v1/batches/{batch.id}/cancel",
-        },
-    }
+    error = JobError.of(InvalidInput(message)).as_dict()
+    error.pop("step")
+    return {"custom_id": custom_id, "line": line, "error": error}

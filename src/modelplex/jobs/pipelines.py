@@ -13,7 +13,7 @@ A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
     name = "decode"
     function = "decode"              # a function in steps.py: f(ctx, data) -> data
     timeout_s = 120
-    retry = { max_attempts = 2, backoff_s = 0.5 }
+    retry = { max_attempts = 2, backoff_s = 0.5 }   # replaces the job's retries for this step
 
     [[steps]]
     name = "classify"
@@ -25,7 +25,15 @@ A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
 Each step receives the previous step's `data` (the first step, the job's input)
 and returns the next. A function may be sync (run on a thread) or async. Steps
 report progress and check for cancellation through `StepContext`, and signal
-failures with `StepError(code, message)`.
+failures with modelplex's errors (`InvalidInput` for input the pipeline cannot
+use) or, for a failure of its own, `StepError(code, message)`.
+
+Step attempts and job attempts do not multiply. A step that declares `retry`
+owns its retries: it runs at most `retry.max_attempts` times in a job attempt,
+and a failure it still has after them ends the job (no job retry runs the step
+again). A step without `retry` is retried by the job: a retryable failure
+(per the error table, or a `StepError(..., retryable=True)`) starts the job's
+next attempt, up to the job's `max_attempts`.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelplex.core.tensors import Array
-from modelplex.errors import ModelplexError, PipelineNotFound
+from modelplex.errors import JobCancelled, PipelineLoadError, PipelineNotFound
+from modelplex.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +63,20 @@ STEPS_FILE = "steps.py"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+__all__ = ["JobCancelled", "StepContext", "StepError"]  # what steps.py files import
+
+STEP_RETRY_CAP_S = 600.0
+
+
 class StepError(Exception):
-    """A step's failure with a stable code (e.g. INPUT_DECODE_FAILED) for the job's error."""
+    """A pipeline's own failure with its own stable code (e.g. INPUT_DECODE_FAILED),
+    which the pipeline documents; modelplex's own failures are its error classes."""
 
     def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
-
-
-class JobCancelled(Exception):
-    """Raised by `StepContext.check_cancelled` when the job was cancelled."""
 
 
 class StepContext(Protocol):
@@ -106,6 +117,11 @@ class _Strict(BaseModel):
 class StepRetry(_Strict):
     max_attempts: int = Field(default=1, ge=1, le=20)
     backoff_s: float = Field(default=1.0, ge=0, le=600)
+    """First delay; it doubles per failure, up to ten minutes."""
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(base_s=self.backoff_s, cap_s=STEP_RETRY_CAP_S)
 
 
 class StepConfig(_Strict):
@@ -117,7 +133,8 @@ class StepConfig(_Strict):
     output: str | None = None
     batch_size: int = Field(default=32, ge=1, le=4096)
     timeout_s: float = Field(default=300, gt=0)
-    retry: StepRetry = StepRetry()
+    retry: StepRetry | None = None
+    """The step's own retries; unset, a retryable failure retries the whole job."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepConfig:
@@ -169,7 +186,7 @@ class Pipeline:
                     "kind": "model" if s.model else "function",
                     "model": s.model,
                     "timeout_s": s.timeout_s,
-                    "max_attempts": s.retry.max_attempts,
+                    "max_attempts": s.retry.max_attempts if s.retry else 1,
                 }
                 for s in (self.config.steps if self.config else [])
             ],
@@ -191,7 +208,7 @@ class PipelineRegistry:
     def _load(self, folder: Path) -> Pipeline:
         try:
             if not _NAME.match(folder.name):
-                raise ModelplexError(f"'{folder.name}' is not a valid pipeline name")
+                raise PipelineLoadError(f"'{folder.name}' is not a valid pipeline name")
             config = _read_config(folder / PIPELINE_FILE)
             wanted = [s.function for s in config.steps if s.function]
             module = _import_steps(folder, folder.name) if wanted else None
@@ -199,9 +216,9 @@ class PipelineRegistry:
             for name in wanted:
                 function = getattr(module, name, None)
                 if not callable(function):
-                    raise ModelplexError(f"{STEPS_FILE} has no function {name}()")
+                    raise PipelineLoadError(f"{STEPS_FILE} has no function {name}()")
                 functions[name] = function
-        except ModelplexError as exc:
+        except PipelineLoadError as exc:
             log.error("pipeline %s failed to load: %s", folder.name, exc.message)
             return Pipeline(folder.name, folder, PipelineState.FAILED, reason=exc.message)
         log.info("pipeline %s: READY, steps %s", folder.name, [s.name for s in config.steps])
@@ -221,14 +238,14 @@ def _read_config(path: Path) -> PipelineConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ModelplexError(f"{path.name} is not valid TOML: {exc}") from exc
+        raise PipelineLoadError(f"{path.name} is not valid TOML: {exc}") from exc
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'pipeline'}: {e['msg']}" for e in exc.errors()
         )
-        raise ModelplexError(f"{path.name} is invalid: {problems}") from exc
+        raise PipelineLoadError(f"{path.name} is invalid: {problems}") from exc
 
 
 def _import_steps(folder: Path, name: str) -> ModuleType:
@@ -236,13 +253,13 @@ def _import_steps(folder: Path, name: str) -> ModuleType:
     module_name = f"modelplex_pipeline_steps.{name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None or not path.is_file():
-        raise ModelplexError(f"{STEPS_FILE} not found")
+        raise PipelineLoadError(f"{STEPS_FILE} not found")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         log.error("importing %s failed", path, exc_info=exc)
-        raise ModelplexError(
+        raise PipelineLoadError(
             f"importing {STEPS_FILE} failed ({type(exc).__name__}; see the server log)"
         ) from exc
     sys.modules.pop(module_name, None)

@@ -1,159 +1,36 @@
 """Running one job: a model call, a pipeline's steps, or a chunk of a batch.
 
 The runner returns an outcome; it never writes the job's status (the worker
-persists the outcome through the store's transition). Progress and step events
-go into the job's `JobControl`, which the worker flushes to the database a few
-times a second, so a job that takes milliseconds writes nothing until it ends.
+persists the outcome through the store's guarded transition).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import inspect
-import logging
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.instances import parse_predict_json, predictions_json
 from modelplex.core.tensors import Array
-from modelplex.core.types import InferenceRequest
+from modelplex.core.types import InferenceRequest, InferenceResult
+from modelplex.core.validation import trusted
 from modelplex.error_map import public_message, wire_error
-from modelplex.errors import ModelplexError
-from modelplex.jobs.models import Job, JobError, JobKind, NewDelivery, StepStatus
-from modelplex.jobs.pipelines import (
-    JobCancelled,
-    Pipeline,
-    PipelineRegistry,
-    PipelineState,
-    StepConfig,
-    StepError,
-)
-from modelplex.jobs.webhooks import event_payload
+from modelplex.errors import JobCancelled, ModelplexError, PipelineNotReady
+from modelplex.jobs import requests
+from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome, StepFailure
+from modelplex.jobs.pipelines import Pipeline, PipelineRegistry, PipelineState
+from modelplex.jobs.steps import PipelineRun
+from modelplex.records import Job, JobError, JobKind, StepStatus
+from modelplex.retry import Backoff
 from modelplex.storage.blobs import BlobStore
 
-log = logging.getLogger(__name__)
-
-RETRYABLE_CODES = frozenset(
-    {"INFERENCE_TIMEOUT", "STEP_TIMEOUT", "RESOURCE_EXHAUSTED", "MODEL_NOT_READY", "STEP_FAILED"}
-)
-STEP_EVENT = "job.step"
 CHUNK_LINES_IN_FLIGHT = 64
 LINE_ATTEMPTS = 3
-_STEP_ENDS = frozenset(
-    {StepStatus.COMPLETED.value, StepStatus.FAILED.value, StepStatus.CANCELLED.value}
-)
-
-
-@dataclass(slots=True)
-class Completed:
-    result: Any
-    lines: tuple[int, int] | None = None
-    """For batch chunks: (completed, failed) lines."""
-
-
-@dataclass(slots=True)
-class Failed:
-    error: JobError
-    lines: tuple[int, int] | None = None
-
-
-@dataclass(slots=True)
-class Cancelled:
-    lines: tuple[int, int] | None = None
-
-
-Outcome = Completed | Failed | Cancelled
-
-
-class StepFailure(Exception):
-    def __init__(self, error: JobError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-@dataclass(eq=False)
-class JobControl:
-    """What a running job shares with its worker: cancellation and progress."""
-
-    job: Job
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    progress: float = 0.0
-    dirty: bool = False
-    events: list[NewDelivery] = field(default_factory=list)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: bool = False
-    """Set when the heartbeat found the lease gone: the job's work is moot."""
-
-    def __post_init__(self) -> None:
-        self.steps = copy.deepcopy(self.job.steps)
-
-    def update_step(self, index: int, **fields: Any) -> None:
-        self.steps[index].update(fields)
-        done = sum(
-            1.0 if s["status"] == StepStatus.COMPLETED else float(s.get("progress") or 0)
-            for s in self.steps
-        )
-        self.progress = round(done / max(1, len(self.steps)), 4)
-        self.dirty = True
-        if "started_at" in fields or fields.get("status") in _STEP_ENDS:
-            self._step_event(index)
-
-    def _step_event(self, index: int) -> None:
-        job = self.job
-        if job.callback_url and STEP_EVENT in job.callback_events:
-            data = {"job_id": job.id, "step": dict(self.steps[index]), "progress": self.progress}
-            self.events.append(
-                NewDelivery(STEP_EVENT, job.callback_url, event_payload(STEP_EVENT, data))
-            )
-
-
-class _Context:
-    """The `StepContext` a step function receives."""
-
-    def __init__(
-        self, runner: JobRunner, control: JobControl, index: int, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self._runner = runner
-        self._control = control
-        self.index = index
-        self._loop = loop
-        self.job_id = control.job.id
-        self.step = control.steps[index]["name"]
-        self._last = 0.0
-
-    def progress(self, fraction: float) -> None:
-        fraction = min(1.0, max(0.0, float(fraction)))
-        self._loop.call_soon_threadsafe(
-            lambda: self._control.update_step(self.index, progress=round(fraction, 4))
-        )
-
-    def cancelled(self) -> bool:
-        return self._control.cancel.is_set()
-
-    def check_cancelled(self) -> None:
-        if self._control.cancel.is_set():
-            raise JobCancelled()
-
-    def infer(
-        self, model: str, inputs: dict[str, Array], version: str | None = None
-    ) -> dict[str, Array]:
-        future = asyncio.run_coroutine_threadsafe(
-            self._runner.infer(model, inputs, version), self._loop
-        )
-        return future.result()
-
-    def read_upload(self) -> bytes:
-        ref = self._control.job.upload_ref
-        if ref is None:
-            raise StepError("INVALID_INPUT", "no file was uploaded with this job")
-        return asyncio.run_coroutine_threadsafe(self._runner.blobs.get(ref), self._loop).result()
+LINE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
+"""A batch line that failed transiently (the model's queue was full) waits this long."""
 
 
 class JobRunner:
@@ -169,15 +46,14 @@ class JobRunner:
                 return Completed(await self._model_job(job, data, control))
             if job.kind is JobKind.PIPELINE:
                 pipeline = self._pipeline(job.target)
-                return Completed(await self.run_pipeline(pipeline, data, control))
+                return Completed(await PipelineRun(self, pipeline, control).run(data))
             return await self._chunk(job, data, control)
         except JobCancelled:
             return Cancelled()
         except StepFailure as failure:
             return Failed(failure.error)
         except ModelplexError as exc:
-            code = wire_error(exc).code
-            return Failed(JobError(code, exc.message, None, code in RETRYABLE_CODES))
+            return Failed(JobError.of(exc))
 
     async def _input(self, job: Job) -> Any:
         if job.input_ref is None:
@@ -187,41 +63,46 @@ class JobRunner:
     def _pipeline(self, name: str) -> Pipeline:
         pipeline = self.pipelines.get(name)
         if pipeline.state is not PipelineState.READY or pipeline.config is None:
-            raise StepFailure(JobError("PIPELINE_NOT_READY", f"pipeline '{name}' failed to load"))
+            raise PipelineNotReady(f"pipeline '{name}' failed to load")
         return pipeline
 
     # -- model jobs ----------------------------------------------------------
     async def _model_job(self, job: Job, data: Any, control: JobControl) -> dict[str, Any]:
         control.update_step(0, status=StepStatus.RUNNING.value, started_at=time.time())
         try:
-            result = await self.predict(job.target, job.version, data)
+            if requests.is_checked(data) and job.version is not None:
+                result = await self._run_checked(job.target, job.version, data)
+            else:  # queued before requests were checked at submission
+                result = await self.predict(job.target, job.version, data)
         except ModelplexError as exc:
-            code = wire_error(exc).code
-            error = JobError(code, exc.message, "inference", code in RETRYABLE_CODES)
             control.update_step(0, status=StepStatus.FAILED.value, finished_at=time.time())
-            raise StepFailure(error) from exc
+            raise StepFailure(JobError.of(exc, "inference")) from exc
         control.update_step(
             0, status=StepStatus.COMPLETED.value, finished_at=time.time(), progress=1.0
         )
         return result
 
+    async def _run_checked(
+        self, model: str, version: str, document: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A request checked at submission: restored, not converted or checked again."""
+        request, signature = requests.decode(document, model, version)
+        checked = trusted(self.dataplane.resolve(model, version), request, signature)
+        return _answer(await self.dataplane.execute(checked), request.top_k)
+
     async def predict(self, model: str, version: str | None, body: Any) -> dict[str, Any]:
         """A /v1 predict body in, the /v1 predict answer's model and predictions out."""
         served = self.dataplane.resolve(model, version)
-        inputs, options = parse_predict_json(body, served)
+        inputs, body = parse_predict_json(body, served)
         request = InferenceRequest(
             model=model,
             version=served.version,
             inputs=inputs,
             arrived_at=time.monotonic(),
-            top_k=options.top_k,
-            outputs=options.outputs,
+            top_k=body.top_k,
+            outputs=body.outputs,
         )
-        result = await self.dataplane.infer(request)
-        return {
-            "model": {"name": result.model, "version": result.version},
-            "predictions": predictions_json(result, options.top_k),
-        }
+        return _answer(await self.dataplane.infer(request), body.top_k)
 
     async def infer(
         self, model: str, inputs: dict[str, Array], version: str | None = None
@@ -230,108 +111,6 @@ class JobRunner:
             model=model, version=version, inputs=inputs, arrived_at=time.monotonic()
         )
         return (await self.dataplane.infer(request)).outputs
-
-    # -- pipelines -----------------------------------------------------------
-    async def run_pipeline(
-        self, pipeline: Pipeline, data: Any, control: JobControl, *, offset: int = 0
-    ) -> Any:
-        """Run every step; `offset` is the index of the first step in `control.steps`."""
-        assert pipeline.config is not None  # guaranteed by _pipeline()
-        loop = asyncio.get_running_loop()
-        for i, step in enumerate(pipeline.config.steps):
-            index = offset + i
-            if control.cancel.is_set():
-                raise JobCancelled()
-            control.update_step(
-                index, status=StepStatus.RUNNING.value, started_at=time.time(), progress=0.0
-            )
-            context = _Context(self, control, index, loop)
-            data = await self._step_with_retries(pipeline, step, context, data, control)
-            control.update_step(
-                index, status=StepStatus.COMPLETED.value, finished_at=time.time(), progress=1.0
-            )
-        return data
-
-    async def _step_with_retries(
-        self, pipeline: Pipeline, step: StepConfig, context: _Context, data: Any,
-        control: JobControl,
-    ) -> Any:  # fmt: skip
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with asyncio.timeout(step.timeout_s):
-                    return await self._step(pipeline, step, context, data)
-            except JobCancelled:
-                control.update_step(context.index, status=StepStatus.CANCELLED.value)
-                raise
-            except Exception as exc:  # every failure becomes a JobError with a stable code
-                error = self._step_error(step, exc)
-            if error.retryable and attempt < step.retry.max_attempts:
-                log.warning("job %s step %s attempt %d: %s", control.job.id, step.name, attempt,
-                            error.message)  # fmt: skip
-                await asyncio.sleep(step.retry.backoff_s * 2 ** (attempt - 1))
-                continue
-            control.update_step(
-                context.index, status=StepStatus.FAILED.value, finished_at=time.time(),
-                error=error.as_dict(),
-            )  # fmt: skip
-            raise StepFailure(error)
-
-    def _step_error(self, step: StepConfig, exc: Exception) -> JobError:
-        if isinstance(exc, TimeoutError):
-            code = "INFERENCE_TIMEOUT" if step.model else "STEP_TIMEOUT"
-            message = f"step '{step.name}' did not finish within {step.timeout_s:g} s"
-            return JobError(code, message, step.name, retryable=True)
-        if isinstance(exc, StepError):
-            return JobError(exc.code, exc.message, step.name, exc.retryable)
-        if isinstance(exc, ModelplexError):
-            code = wire_error(exc).code
-            return JobError(code, public_message(exc), step.name, code in RETRYABLE_CODES)
-        log.error("step %s raised", step.name, exc_info=exc)
-        message = f"step '{step.name}' failed: {type(exc).__name__} (see the worker log)"
-        return JobError("STEP_FAILED", message, step.name, retryable=True)
-
-    async def _step(
-        self, pipeline: Pipeline, step: StepConfig, context: _Context, data: Any
-    ) -> Any:
-        if step.model is not None:
-            return await self._model_step(step, context, data)
-        assert step.function is not None  # StepConfig requires one of model or function
-        function = pipeline.functions[step.function]
-        if inspect.iscoroutinefunction(function):
-            return await function(context, data)
-        return await asyncio.to_thread(function, context, data)
-
-    async def _model_step(self, step: StepConfig, context: _Context, data: Any) -> Any:
-        assert step.model is not None
-        served = self.dataplane.resolve(step.model, step.version)
-        input_name = served.inputs[0].name
-        key = step.input or input_name
-        if not isinstance(data, dict) or key not in data:
-            raise StepError("STEP_FAILED", f"step '{step.name}' needs '{key}' from the step before")
-        tensor = np.asarray(data[key])
-        chunks = [tensor[i : i + step.batch_size] for i in range(0, len(tensor), step.batch_size)]
-        outputs: list[dict[str, Array] | None] = [None] * len(chunks)
-        gate = asyncio.Semaphore(max(1, served.batcher.instances))
-        done = 0
-
-        async def run(i: int) -> None:
-            nonlocal done
-            async with gate:
-                context.check_cancelled()
-                outputs[i] = await self.infer(
-                    step.model or "", {input_name: chunks[i]}, step.version
-                )
-                done += 1
-                context.progress(done / len(chunks))
-
-        await asyncio.gather(*(run(i) for i in range(len(chunks))))
-        merged = {
-            name: np.concatenate([o[name] for o in outputs if o is not None])
-            for name in (outputs[0] or {})
-        } if chunks else {}  # fmt: skip
-        return {**data, (step.output or step.name): merged}
 
     # -- batch chunks --------------------------------------------------------
     async def _chunk(self, job: Job, data: Any, control: JobControl) -> Outcome:
@@ -367,12 +146,12 @@ class JobRunner:
                         answer = await self.predict(job.target, job.version, body)
                     return {"custom_id": item["custom_id"], "output": answer["predictions"][0]}
                 except ModelplexError as exc:
-                    code = wire_error(exc).code
                     attempts += 1
-                    if code not in RETRYABLE_CODES or attempts >= LINE_ATTEMPTS:
-                        error = {"code": code, "message": public_message(exc)}
+                    wire = wire_error(exc)
+                    if not wire.retryable or attempts >= LINE_ATTEMPTS:
+                        error = {"code": wire.code, "message": public_message(exc)}
                         return {"custom_id": item["custom_id"], "error": error}
-                await asyncio.sleep(0.1 * 2**attempts)
+                await asyncio.sleep(LINE_BACKOFF.delay(attempts))
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
@@ -388,9 +167,17 @@ class JobRunner:
             scratch = JobControl(job, cancel=control.cancel)
             scratch.steps = [{"name": s, "status": "PENDING"} for s in pipeline.step_names]
             try:
-                output = await self.run_pipeline(pipeline, item["input"], scratch)
+                output = await PipelineRun(self, pipeline, scratch).run(item["input"])
                 results.append({"custom_id": item["custom_id"], "output": output})
             except StepFailure as failure:
                 results.append({"custom_id": item["custom_id"], "error": failure.error.as_dict()})
             control.update_step(0, progress=round((n + 1) / len(items), 4))
         return results
+
+
+def _answer(result: InferenceResult, top_k: int | None) -> dict[str, Any]:
+    """What the /v1 predict endpoint answers, without its request metadata."""
+    return {
+        "model": {"name": result.model, "version": result.version},
+        "predictions": predictions_json(result, top_k),
+    }

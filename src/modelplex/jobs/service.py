@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from modelplex.core.dataplane import DataPlane
 from modelplex.core.instances import parse_predict_json
-from modelplex.core.registry import ModelRegistry, ModelState
+from modelplex.core.types import InferenceRequest
+from modelplex.core.validation import CheckedRequest
 from modelplex.errors import (
     IdempotencyConflict,
     InvalidInput,
     JobNotFinished,
     JobNotFound,
-    ModelNotReady,
-    VersionNotFound,
+    PipelineNotReady,
 )
-from modelplex.jobs.models import Delivery, Job, JobKind, JobStatus, NewDelivery, NewJob
+from modelplex.jobs import requests
+from modelplex.jobs.control import STEP_EVENT
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
-from modelplex.jobs.runner import STEP_EVENT
 from modelplex.jobs.webhooks import check_callback_url, event_payload
+from modelplex.records import Delivery, Job, JobKind, JobStatus, NewDelivery, NewJob
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
-from modelplex.storage.jobstore import DuplicateKey, SqlJobStore
+from modelplex.storage.interface import DuplicateKey, Store
 
 CALLBACK_EVENTS = frozenset({STEP_EVENT})
 MAX_METADATA_BYTES = 16 * 1024
@@ -69,15 +71,15 @@ class SubmitRequest:
 class JobService:
     def __init__(
         self,
-        store: SqlJobStore,
+        store: Store,
         blobs: BlobStore,
-        models: ModelRegistry,
+        dataplane: DataPlane,
         pipelines: PipelineRegistry,
         settings: Settings,
     ) -> None:
         self.store = store
         self.blobs = blobs
-        self.models = models
+        self.dataplane = dataplane
         self.pipelines = pipelines
         self.settings = settings
 
@@ -94,10 +96,11 @@ class JobService:
             if existing is not None:
                 return self._replay(existing, fingerprint), False
         steps, max_attempts = await self._validate(request)
+        checked = self._check_model(request) if request.kind is JobKind.MODEL else None
         new = NewJob(
             kind=request.kind,
             target=request.target,
-            version=request.version,
+            version=checked.served.version if checked else request.version,
             max_attempts=max_attempts,
             steps=steps,
             priority=request.priority,
@@ -107,7 +110,7 @@ class JobService:
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
         )
-        new.input, new.input_ref, new.upload_ref = await self._store_input(request)
+        new.input, new.input_ref, new.upload_ref = await self._store_input(request, checked)
         try:
             return await self.store.create(new), True
         except DuplicateKey as duplicate:  # a concurrent request with the same key won
@@ -136,36 +139,48 @@ class JobService:
         elif request.callback_events:
             raise InvalidInput("callback_events needs a callback_url")
         if request.kind is JobKind.MODEL:
-            self.check_model(request.target, request.version, request.input)
             return [INFERENCE_STEP], self.settings.job_max_attempts
         pipeline = self.pipelines.get(request.target)
         if pipeline.state is not PipelineState.READY or pipeline.config is None:
-            raise ModelNotReady(f"pipeline '{request.target}' is not ready: {pipeline.reason}")
+            raise PipelineNotReady(f"pipeline '{request.target}' is not ready: {pipeline.reason}")
         if request.upload is None and not isinstance(request.input, dict):
             raise InvalidInput("a pipeline's input must be a JSON object")
         return pipeline.step_names, pipeline.config.max_attempts or self.settings.job_max_attempts
 
-    def check_model(self, model: str, version: str | None, body: Any) -> None:
-        """Refuse at submission what would certainly fail: unknown model or version,
-        a model that is not serving, a body that does not fit its signature."""
-        entry = self.models.entry(model)
-        if version is not None and version not in entry.versions and version not in entry.failures:
-            raise VersionNotFound(f"model '{model}' has no version '{version}'")
-        if entry.state is not ModelState.READY and version is None:
-            raise ModelNotReady(f"model '{model}' is not ready: {entry.reason}")
-        if body is not None:
-            parse_predict_json(body, self.models.get(model, version))
+    def pin_version(self, model: str, version: str | None) -> str:
+        """The version a job for `model` will run: the one asked for, or today's
+        default. Refuses what would certainly fail: an unknown model or version,
+        a model that is not serving."""
+        return self.dataplane.resolve(model, version).version
 
-    async def _store_input(self, request: SubmitRequest) -> tuple[Any, str | None, str | None]:
+    def _check_model(self, request: SubmitRequest) -> CheckedRequest:
+        """The job's predict body, decoded and checked exactly as the predict
+        endpoint would, against the version the job pins."""
+        served = self.dataplane.resolve(request.target, request.version)
+        inputs, body = parse_predict_json(request.input, served)
+        inference = InferenceRequest(
+            model=request.target,
+            version=served.version,
+            inputs=inputs,
+            arrived_at=time.monotonic(),
+            top_k=body.top_k,
+            outputs=body.outputs,
+        )
+        return self.dataplane.check(inference)
+
+    async def _store_input(
+        self, request: SubmitRequest, checked: CheckedRequest | None
+    ) -> tuple[Any, str | None, str | None]:
         """(inline input, blob of a large input, blob of an uploaded file). Blob
         references are the server's own: nothing a client sends can name one."""
         if request.upload is not None:
             upload = await self.blobs.put(request.upload)
             return {"upload": {"filename": request.upload_name}}, None, upload
-        encoded = orjson.dumps(request.input)
+        document = requests.encode(checked) if checked is not None else request.input
+        encoded = orjson.dumps(document)
         if len(encoded) > self.settings.blob_threshold_bytes:
             return None, await self.blobs.put(encoded), None
-        return request.input, None, None
+        return document, None, None
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
@@ -216,68 +231,3 @@ def check_metadata(metadata: Any) -> None:
         not isinstance(metadata, dict) or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES
     ):
         raise InvalidInput(f"metadata must be an object of at most {MAX_METADATA_BYTES} bytes")
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    """A job as the API shows it."""
-    view: dict[str, Any] = {
-        "id": job.id,
-        "status": job.status.value,
-        job.kind.value if job.kind is not JobKind.BATCH_CHUNK else "batch_chunk": job.target,
-        "version": job.version,
-        "priority": job.priority,
-        "progress": job.progress,
-        "steps": [
-            {
-                **step,
-                "started_at": iso(step.get("started_at")),
-                "finished_at": iso(step.get("finished_at")),
-            }
-            for step in job.steps
-        ],
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "cancel_requested": job.cancel_requested,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "metadata": job.metadata,
-        "callback_url": job.callback_url,
-        "callback_events": job.callback_events,
-        "history": [
-            {**h, "started_at": iso(h.get("started_at")), "finished_at": iso(h.get("finished_at"))}
-            for h in job.history
-        ],
-        "links": {
-            "self": f"/v1/jobs/{job.id}",
-            "cancel": f"/v1/jobs/{job.id}/cancel",
-            "deliveries": f"/v1/jobs/{job.id}/deliveries",
-            "result": f"/v1/jobs/{job.id}/result",
-        },
-    }
-    if job.batch_id:
-        view["batch_id"] = job.batch_id
-    if job.status is JobStatus.COMPLETED:
-        view["result"] = job.result if job.result_ref is None else None
-        view["result_in_blob"] = job.result_ref is not None
-    if job.error and job.status is not JobStatus.COMPLETED:
-        view["error"] = job.error
-    return view
-
-
-def delivery_view(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "id": delivery.id,
-        "event": delivery.event,
-        "url": delivery.url,
-        "status": delivery.status.value,
-        "created_at": iso(delivery.created_at),
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "PENDING" else None,
-        "attempts": [{**a, "at": iso(a.get("at"))} for a in delivery.attempts],
-    }

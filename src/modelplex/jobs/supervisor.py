@@ -10,11 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from modelplex.retry import Backoff
 from modelplex.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _NOT_FOR_WORKERS = frozenset({"config_file", "host", "port", "grpc_port", "workers"})
+RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)
+STABLE_S = 60.0
+"""A worker that ran this long before it exited starts its restart backoff afresh."""
 
 
 def worker_environment(settings: Settings, repository: Path, database_url: str) -> dict[str, str]:
@@ -53,7 +57,7 @@ class WorkerSupervisor:
         ]
 
     async def _keep_alive(self, index: int) -> None:
-        backoff = 1.0
+        failures = 0
         while not self._stopping:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "modelplex", "worker", env=self._env
@@ -64,14 +68,13 @@ class WorkerSupervisor:
             code = await process.wait()
             if self._stopping:
                 return
-            if time.monotonic() - started > 60:
-                backoff = 1.0
+            failures = 1 if time.monotonic() - started > STABLE_S else failures + 1
+            delay = RESTART_BACKOFF.delay(failures)
             log.error(
                 "worker process %d (pid %d) exited with %s; restarting in %.0fs",
-                index, process.pid, code, backoff,
+                index, process.pid, code, delay,
             )  # fmt: skip
-            await asyncio.sleep(backoff)
-            backoff = min(30.0, backoff * 2)
+            await asyncio.sleep(delay)
 
     async def stop(self) -> None:
         """SIGTERM every worker (they drain), wait, then SIGKILL what is left."""

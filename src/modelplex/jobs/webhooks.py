@@ -19,7 +19,7 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,11 +27,12 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from modelplex.errors import InvalidInput, StoreUnavailable
-from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import Delivery, DeliveryStatus
+from modelplex.errors import ConfigurationError, InvalidInput, StoreUnavailable
+from modelplex.ids import new_id
 from modelplex.jobs.waiting import wait_any
-from modelplex.storage.jobstore import SqlJobStore
+from modelplex.records import Delivery, DeliveryStatus
+from modelplex.retry import Backoff
+from modelplex.storage.interface import DeliveryStore
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,13 @@ SECRET_PREFIX = "whsec_"
 def parse_secret(secret: str) -> bytes:
     """The key bytes of a `whsec_<base64>` secret."""
     if not secret.startswith(SECRET_PREFIX):
-        raise ValueError("webhook secrets look like whsec_<base64>")
+        raise ConfigurationError("webhook secrets look like whsec_<base64>")
     try:
         key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("the webhook secret's base64 part is invalid") from None
+        raise ConfigurationError("the webhook secret's base64 part is invalid") from None
     if len(key) < 16:
-        raise ValueError("the webhook secret must hold at least 16 bytes")
+        raise ConfigurationError("the webhook secret must hold at least 16 bytes")
     return key
 
 
@@ -152,8 +153,7 @@ class DeliveryPolicy:
     up to `max_attempts`; any other answer is final."""
 
     max_attempts: int = 8
-    base_s: float = 2.0
-    cap_s: float = 3600.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=2.0, cap_s=3600.0))
 
     @staticmethod
     def retryable(status_code: int | None) -> bool:
@@ -164,8 +164,7 @@ class DeliveryPolicy:
             return DeliveryDecision(DeliveryStatus.DELIVERED, now)
         if not self.retryable(status_code) or attempts >= self.max_attempts:
             return DeliveryDecision(DeliveryStatus.FAILED, now)
-        delay = min(self.cap_s, self.base_s * 2 ** (attempts - 1))
-        return DeliveryDecision(DeliveryStatus.PENDING, now + delay)
+        return DeliveryDecision(DeliveryStatus.PENDING, now + self.backoff.delay(attempts))
 
 
 # -- dispatcher ---------------------------------------------------------------
@@ -174,7 +173,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: SqlJobStore,
+        store: DeliveryStore,
         secret: str,
         policy: DeliveryPolicy,
         *,

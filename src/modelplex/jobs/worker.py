@@ -21,22 +21,31 @@ from typing import Any
 
 import orjson
 
-from modelplex.errors import StoreUnavailable
-from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import (
+from modelplex.errors import (
+    InternalError,
+    ResultNotSerializable,
+    RunnerFailed,
+    StoreUnavailable,
+    WorkerLost,
+)
+from modelplex.ids import new_id
+from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome
+from modelplex.jobs.runner import JobRunner
+from modelplex.jobs.waiting import wait_any
+from modelplex.jobs.webhooks import event_payload
+from modelplex.records import (
     CANCELLED_BY_REQUEST,
+    Clock,
     Job,
+    JobChanges,
     JobError,
     JobKind,
     JobStatus,
     NewDelivery,
 )
-from modelplex.jobs.retry import RetryPolicy
-from modelplex.jobs.runner import Cancelled, Completed, Failed, JobControl, JobRunner, Outcome
-from modelplex.jobs.waiting import wait_any
-from modelplex.jobs.webhooks import event_payload
+from modelplex.retry import Backoff, RetryPolicy
 from modelplex.storage.blobs import BlobStore
-from modelplex.storage.jobstore import SqlJobStore
+from modelplex.storage.interface import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,11 @@ FINISH_EVENTS = {
 }
 
 
+WRITE_ATTEMPTS = 5
+STORE_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
+"""How a worker waits for a job database that went away (writes and claims)."""
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     concurrency: int = 4
@@ -54,7 +68,9 @@ class WorkerConfig:
     poll_s: float = 0.5
     drain_s: float = 30.0
     blob_threshold_bytes: int = 64 * 1024
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(3, Backoff(base_s=2.0, cap_s=300.0, jitter=0.5))
+    )
 
 
 def worker_id() -> str:
@@ -64,14 +80,16 @@ def worker_id() -> str:
 class Worker:
     def __init__(
         self,
-        store: SqlJobStore,
+        store: JobStore,
         runner: JobRunner,
         blobs: BlobStore,
         config: WorkerConfig,
         *,
         name: str | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.id = name or worker_id()
+        self._clock = clock
         self._store = store
         self._runner = runner
         self._blobs = blobs
@@ -83,6 +101,7 @@ class Worker:
         """Claim and run jobs until `stop` is set, then drain."""
         heartbeat = asyncio.create_task(self._heartbeats(stop), name=f"heartbeat:{self.id}")
         log.info("worker %s started (concurrency %d)", self.id, self._config.concurrency)
+        failures = 0
         try:
             while not stop.is_set():
                 capacity = self._config.concurrency - len(self._running)
@@ -92,9 +111,12 @@ class Worker:
                     continue
                 try:
                     jobs = await self._store.claim(self.id, capacity, self._config.lease_s)
+                    failures = 0
                 except Exception as exc:  # keep claiming; the log says why we could not
+                    failures += 1
                     log.warning("worker %s cannot claim: %s", self.id, exc)
-                    jobs = []
+                    await wait_any(stop, seconds=STORE_BACKOFF.delay(failures))
+                    continue
                 if not jobs:
                     await wait_any(stop, seconds=self._config.poll_s)
                     continue
@@ -126,15 +148,10 @@ class Worker:
         if job.cancel_requested:  # cancelled while queued or while its worker was lost
             outcome: Outcome = Cancelled()
         elif job.attempts > job.max_attempts:  # its earlier workers all died holding it
-            outcome = Failed(
-                JobError(
-                    "LEASE_EXPIRED",
-                    f"the job's worker was lost {job.attempts - 1} times",
-                    retryable=False,
-                )
-            )
+            lost = WorkerLost(f"the job's worker was lost {job.attempts - 1} times")
+            outcome = Failed(JobError.of(lost))
         else:
-            started = time.time()
+            started = time.monotonic()
             try:
                 outcome = await self._runner.run(job, control)
             except asyncio.CancelledError:
@@ -143,8 +160,8 @@ class Worker:
                 raise
             except Exception as exc:  # a bug in the runner must not kill the worker
                 log.error("job %s crashed the runner", job.id, exc_info=exc)
-                outcome = Failed(JobError("INTERNAL", "the job runner failed", retryable=True))
-            log.debug("job %s ran in %.3fs", job.id, time.time() - started)
+                outcome = Failed(JobError.of(RunnerFailed()))
+            log.debug("job %s ran in %.3fs", job.id, time.monotonic() - started)
         await asyncio.shield(self._finish(job, control, outcome))
 
     async def _finish(self, job: Job, control: JobControl, outcome: Outcome) -> None:
@@ -153,12 +170,12 @@ class Worker:
             await self._persist(job, control, outcome)
         except Exception as exc:
             log.error("job %s: writing its outcome failed", job.id, exc_info=exc)
-            if not isinstance(outcome, Failed) or outcome.error.code != "INTERNAL":
-                failure = JobError("INTERNAL", "the job's outcome could not be stored")
-                await self._persist(job, control, Failed(failure))
+            unstorable = JobError.of(InternalError("the job's outcome could not be stored"))
+            if not isinstance(outcome, Failed) or outcome.error != unstorable:
+                await self._persist(job, control, Failed(unstorable))
 
     async def _persist(self, job: Job, control: JobControl, outcome: Outcome) -> None:
-        now = time.time()
+        now = self._clock()
         entry: dict[str, Any] = {
             "attempt": job.attempts,
             "worker": self.id,
@@ -167,11 +184,11 @@ class Worker:
         }
         history = list(job.history)
         if job.previous_owner and job.attempts > 1:
+            lost = JobError.of(WorkerLost("worker lost; job re-claimed")).as_dict()
             history.append(
-                {"attempt": job.attempts - 1, "worker": job.previous_owner,
-                 "error": {"code": "LEASE_EXPIRED", "message": "worker lost; job re-claimed"}}
-            )  # fmt: skip
-        values: dict[str, Any] = {"steps": control.steps, "progress": control.progress}
+                {"attempt": job.attempts - 1, "worker": job.previous_owner, "error": lost}
+            )
+        values: JobChanges = {"steps": control.steps, "progress": control.progress}
         events = list(control.events)
         lines = outcome.lines
         if isinstance(outcome, Completed):
@@ -179,11 +196,11 @@ class Worker:
                 result = await self._result_fields(outcome.result)
             except (TypeError, ValueError) as exc:  # orjson cannot encode what a step returned
                 log.error("job %s: result is not JSON", job.id, exc_info=exc)
-                failure = JobError("RESULT_NOT_SERIALIZABLE", "the job's result is not JSON data")
-                outcome = Failed(failure)
+                outcome = Failed(JobError.of(ResultNotSerializable()))
             else:
                 target = JobStatus.COMPLETED
-                values.update(result, progress=1.0, error=None)
+                values.update(result)
+                values["progress"], values["error"] = 1.0, None
         if isinstance(outcome, Cancelled):
             target = JobStatus.CANCELLED
             values["error"] = entry["error"] = CANCELLED_BY_REQUEST
@@ -205,29 +222,27 @@ class Worker:
             log.warning("job %s: lease lost before it finished; result discarded", job.id)
 
     async def _write(
-        self, job: Job, target: JobStatus, values: dict[str, Any],
+        self, job: Job, target: JobStatus, values: JobChanges,
         events: list[NewDelivery], lines: tuple[int, int] | None,
     ) -> Job | None:  # fmt: skip
-        for attempt in range(5):
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return await self._store.transition(
                     job.id,
                     target,
                     lease=job.lease,
-                    values=values,
+                    changes=values,
                     deliveries_out=events + self._finish_events(job, target, values),
                     batch_delta=(lines or (0, 0)) if target.finished else None,
                     unless_cancelled=target is JobStatus.QUEUED,
                 )
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot write outcome (%s); retrying", job.id, exc)
-                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+                await asyncio.sleep(STORE_BACKOFF.delay(attempt))
         log.error("job %s: outcome lost; the lease will expire and it runs again", job.id)
         return None
 
-    def _finish_events(
-        self, job: Job, target: JobStatus, values: dict[str, Any]
-    ) -> list[NewDelivery]:
+    def _finish_events(self, job: Job, target: JobStatus, values: JobChanges) -> list[NewDelivery]:
         event = FINISH_EVENTS.get(target)
         if event is None or not job.callback_url:
             return []
@@ -243,7 +258,7 @@ class Worker:
         }
         return [NewDelivery(event, job.callback_url, event_payload(event, data))]
 
-    async def _result_fields(self, result: Any) -> dict[str, Any]:
+    async def _result_fields(self, result: Any) -> JobChanges:
         encoded = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
         if len(encoded) > self._config.blob_threshold_bytes:
             return {"result": None, "result_ref": await self._blobs.put(encoded)}
@@ -252,12 +267,7 @@ class Worker:
     async def _release(self, job: Job) -> None:
         """Give a job back to the queue without counting the attempt."""
         with contextlib.suppress(StoreUnavailable):
-            await self._store.transition(
-                job.id,
-                JobStatus.QUEUED,
-                lease=job.lease,
-                values={"attempts": job.attempts - 1, "run_at": time.time()},
-            )
+            await self._store.release(job.id, job.lease)
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         """Renew leases, read cancel requests, flush progress: every lease/3 seconds

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 
 import modelplex
+from modelplex.core.catalog import ModelInfo, ModelState, VersionInfo
 from modelplex.core.dataplane import DataPlane
-from modelplex.core.registry import ModelEntry, ModelState, ServedVersion, version_sort_key
+from modelplex.core.registry import ServedVersion
 from modelplex.core.stats import Counter
 from modelplex.core.tensors import Array, Datatype, TensorSpec
 from modelplex.core.types import InferenceRequest
-from modelplex.errors import InvalidInput, ModelNotFound
+from modelplex.errors import InvalidInput, VersionNotFound
 
 SERVER_NAME = "modelplex"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "statistics")
@@ -79,10 +80,10 @@ class V2Service:
 
     def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         served = self.dataplane.resolve(model, version)
-        entry = self.registry.entry(model)
+        info = self.registry.describe(model)
         return {
             "name": model,
-            "versions": sorted(entry.versions, key=version_sort_key),
+            "versions": [v.version for v in info.served_versions],
             "platform": PLATFORMS[served.runtime_kind.value],
             "inputs": [_tensor_metadata(s) for s in served.inputs],
             "outputs": [_tensor_metadata(s) for s in served.outputs],
@@ -94,27 +95,26 @@ class V2Service:
         if limit is not None:  # the transport's deadline may be tighter, or absent
             request.timeout_ms = min(limit, request.timeout_ms or limit)
         served = self.dataplane.resolve(request.model, request.version)
-        inputs = self._inputs(served, request.inputs)
         wanted = request.outputs or [RequestedOutput(o.name) for o in served.outputs]
-        known = {o.name: o for o in served.outputs}
-        classes = 0
+        classes: int | None = None  # the classification extension's top_k, if asked
         for output in wanted:
-            if output.name not in known:
-                raise InvalidInput(f"unknown output '{output.name}'; the model has {sorted(known)}")
             k = output.parameters.get("classification")
             if k is not None:
-                classes = max(classes, self._classification(served, output.name, k))
+                k = _classification(served, output.name, k)
+                classes = k if classes is None else max(classes, k)
         result = await self.dataplane.infer(
             InferenceRequest(
                 model=request.model,
                 version=served.version,
-                inputs=inputs,
+                inputs=_inputs(request.inputs),
                 arrived_at=request.arrived_at,
                 request_id=request.id or "",
                 timeout_ms=request.timeout_ms,
-                top_k=classes or None,
+                top_k=classes,
+                outputs=[o.name for o in wanted] if request.outputs else None,
             )
         )
+        datatypes = {o.name: o.datatype for o in served.outputs}
         tensors = []
         for output in wanted:
             k = output.parameters.get("classification")
@@ -123,54 +123,16 @@ class V2Service:
                 continue
             data = result.outputs[output.name]
             tensors.append(
-                V2Tensor(
-                    output.name, known[output.name].datatype, data.shape, data, output.parameters
-                )
+                V2Tensor(output.name, datatypes[output.name], data.shape, data, output.parameters)
             )
         return V2Response(request.model, result.version, tensors, request.id)
-
-    @staticmethod
-    def _inputs(served: ServedVersion, tensors: list[V2Tensor]) -> dict[str, Array]:
-        specs = {s.name: s for s in served.inputs}
-        given = {t.name: t for t in tensors}
-        if len(given) != len(tensors):
-            raise InvalidInput("an input is given twice")
-        unknown = sorted(set(given) - set(specs))
-        if unknown:
-            raise InvalidInput(f"unknown inputs {unknown}; the model takes {sorted(specs)}")
-        missing = sorted(set(specs) - set(given))
-        if missing:
-            raise InvalidInput(f"missing inputs {missing}")
-        arrays: dict[str, Array] = {}
-        for name, tensor in given.items():
-            spec = specs[name]
-            if tensor.datatype is not spec.datatype:
-                raise InvalidInput(
-                    f"input '{name}' has datatype {tensor.datatype}; "
-                    f"the model takes {spec.datatype}"
-                )
-            if len(tensor.shape) != len(spec.shape) + 1 or not spec.accepts_shape(tensor.shape[1:]):
-                raise InvalidInput(
-                    f"input '{name}' has shape {list(tensor.shape)}; the model takes "
-                    f"{[-1, *spec.shape]}"
-                )
-            arrays[name] = tensor.data
-        return arrays
-
-    @staticmethod
-    def _classification(served: ServedVersion, output: str, k: Any) -> int:
-        if served.classifier is None or served.classifier.output != output:
-            raise InvalidInput(f"output '{output}' does not hold class scores")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInput("the classification parameter must be a positive integer")
-        return int(k)
 
     # -- configuration, statistics, repository ------------------------------
     def model_config(self, model: str, version: str | None) -> dict[str, Any]:
         """The model as a Triton model configuration (tritonclient asks for it)."""
         served = self.dataplane.resolve(model, version)
-        batching = served.batcher.settings()
-        labels = served.config.classification.labels if served.config.classification else None
+        batching = served.batching
+        labels = served.labels_file
         outputs = []
         for spec in served.outputs:
             doc = {
@@ -178,45 +140,45 @@ class V2Service:
                 "data_type": CONFIG_TYPES[spec.datatype],
                 "dims": list(spec.shape),
             }
-            if labels and served.classifier is not None and spec.name == served.classifier.output:
+            if labels and served.is_classifier_output(spec.name):
                 doc["label_filename"] = labels
             outputs.append(doc)
         return {
             "name": model,
             "platform": PLATFORMS[served.runtime_kind.value],
             "backend": served.runtime_kind.value,
-            "max_batch_size": int(batching["max_batch_size"]),
+            "max_batch_size": batching.max_batch_size,
             "input": [
                 {"name": s.name, "data_type": CONFIG_TYPES[s.datatype], "dims": list(s.shape)}
                 for s in served.inputs
             ],
             "output": outputs,
-            "instance_group": [
-                {"name": model, "kind": "KIND_CPU", "count": int(batching["instances"])}
-            ],
+            "instance_group": [{"name": model, "kind": "KIND_CPU", "count": batching.instances}],
             "dynamic_batching": {
-                "max_queue_delay_microseconds": int(float(batching["max_batch_delay_ms"]) * 1000)
+                "max_queue_delay_microseconds": int(batching.max_batch_delay_ms * 1000)
             },
             "default_model_filename": served.artifact.name,
         }
 
     def model_statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
-        entries = [self.registry.entry(model)] if model else self.registry.entries()
+        models = [self.registry.describe(model)] if model else self.registry.catalog()
         stats = []
-        for entry in entries:
-            if version and version not in entry.versions:
-                raise ModelNotFound(f"model '{entry.name}' has no loaded version '{version}'")
-            versions = [entry.versions[version]] if version else list(entry.versions.values())
-            stats += [_statistics(served) for served in versions]
+        for info in models:
+            served = info.served_versions
+            if version:
+                found = info.served(version)
+                if found is None:
+                    raise VersionNotFound(f"model '{info.name}' has no loaded version '{version}'")
+                served = [found]
+            stats += [_statistics(info.name, v) for v in served]
         return {"model_stats": stats}
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
-        index = []
-        for entry in self.registry.entries():
-            if ready_only and entry.state is not ModelState.READY:
-                continue
-            index.append(_index_entry(entry))
-        return index
+        return [
+            _index_entry(info)
+            for info in self.registry.catalog()
+            if not ready_only or info.state is ModelState.READY
+        ]
 
     async def load(self, model: str, parameters: dict[str, Any] | None = None) -> None:
         """Load the model from its folder. Triton's load parameters (a config
@@ -230,6 +192,24 @@ class V2Service:
 
     async def unload(self, model: str) -> None:
         await self.registry.unload(model)
+
+
+def _inputs(tensors: list[V2Tensor]) -> dict[str, Array]:
+    """The request's tensors by name; whether they fit the model is the validator's to say.
+    A repeated name is the one rule only this protocol needs (inputs are a list here)."""
+    inputs = {t.name: t.data for t in tensors}
+    if len(inputs) != len(tensors):
+        raise InvalidInput("an input is given twice")
+    return inputs
+
+
+def _classification(served: ServedVersion, output: str, k: Any) -> int:
+    """The classification extension's class count for `output` (the validator checks k >= 1)."""
+    if not served.is_classifier_output(output):
+        raise InvalidInput(f"output '{output}' does not hold class scores")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InvalidInput("the classification parameter must be a positive integer")
+    return k
 
 
 def _timeout_parameter(parameters: dict[str, Any]) -> int | None:
@@ -263,10 +243,12 @@ def _duration(counter: Counter) -> dict[str, int]:
     return {"count": counter.count, "ns": counter.ns}
 
 
-def _statistics(served: ServedVersion) -> dict[str, Any]:
+def _statistics(model: str, served: VersionInfo) -> dict[str, Any]:
     stats = served.stats
+    if stats is None:  # only served versions are counted
+        raise VersionNotFound(f"model '{model}' version '{served.version}' is not loaded")
     return {
-        "name": served.model,
+        "name": model,
         "version": served.version,
         "last_inference": stats.last_inference_ms,
         "inference_count": stats.inference_count,
@@ -291,10 +273,10 @@ def _statistics(served: ServedVersion) -> dict[str, Any]:
     }
 
 
-def _index_entry(entry: ModelEntry) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": entry.name, "state": entry.state.value}
-    if entry.default_version:
-        doc["version"] = entry.default_version
-    if entry.reason:
-        doc["reason"] = entry.reason
+def _index_entry(info: ModelInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": info.name, "state": info.state.value}
+    if info.default_version:
+        doc["version"] = info.default_version
+    if info.reason:
+        doc["reason"] = info.reason
     return doc

@@ -1,1 +1,4 @@
-"""Storage behind one interface: the job store (jobs, webhook deliveries, batches) and blobs."""
+"""Storage behind one interface (`interface.Store`): SQL and in-memory job stores, and blobs.
+
+Nothing here imports the job layer; both share the records of `modelplex.records`.
+"""

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from modelplex.errors import BlobNotFound
-from modelplex.jobs.ids import new_id
+from modelplex.errors import BlobNotFound, StoreUnavailable
+from modelplex.ids import new_id
 
 _KEY = re.compile(r"blob_[0-9a-z]{26}")
 
@@ -45,7 +45,10 @@ class LocalBlobStore:
 
     async def put(self, data: bytes) -> str:
         ref = self.PREFIX + new_id("blob")
-        await asyncio.to_thread(self._write, self._path(ref), data)
+        try:
+            await asyncio.to_thread(self._write, self._path(ref), data)
+        except OSError as exc:  # disk full, permissions: an outage, not the caller's fault
+            raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
         return ref
 
     @staticmethod
@@ -61,6 +64,8 @@ class LocalBlobStore:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {ref} not found") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
 
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from modelplex.core.runtimes.base import RuntimeSpec
 from modelplex.core.tensors import Array, Datatype
-from modelplex.errors import ModelLoadError
+from modelplex.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,17 @@ class OnnxRuntime:
                 )
 
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
-        results = self._session.run(self._output_names, inputs)
+        try:
+            results = self._session.run(self._output_names, inputs)
+        except InvalidArgument as exc:
+            # A tensor that fits the declared signature (a -1 dimension, say) but not
+            # the graph: the client's input, not the model's failure. ORT's own text
+            # stays in the log.
+            log.info("ONNX Runtime refused an input: %s", exc)
+            raise InvalidInput(
+                "the model's ONNX graph refused the input tensors: their shapes or "
+                "datatypes do not fit it"
+            ) from exc
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:

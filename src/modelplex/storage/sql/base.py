@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,12 +11,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from modelplex.errors import StoreUnavailable
-from modelplex.storage.database import Engines
+from modelplex.records import Clock
+from modelplex.storage.sql.engines import Engines
 
 
 class SqlBase:
-    def __init__(self, engines: Engines) -> None:
+    def __init__(self, engines: Engines, clock: Clock = time.time) -> None:
         self.engines = engines
+        self._clock = clock
+
+    async def close(self) -> None:
+        await self.engines.dispose()
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -41,4 +47,4 @@ class SqlBase:
         except PoolTimeout as exc:
             raise StoreUnavailable("job database: no connection free") from exc
         except OSError as exc:  # connection refused, network down
-            raise StoreUnavailable(f"job database unreachable: {exc}") from exc
+            raise StoreUnavailable(f"job database unreachable: {type(exc).__name__}") from exc

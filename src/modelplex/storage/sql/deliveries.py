@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import Delivery, DeliveryStatus, NewDelivery
-from modelplex.storage.rows import delivery_from_row
-from modelplex.storage.schema import deliveries
-from modelplex.storage.sql import SqlBase
+from modelplex.ids import new_id
+from modelplex.records import Delivery, DeliveryStatus, NewDelivery
+from modelplex.storage.sql.base import SqlBase
+from modelplex.storage.sql.rows import delivery_from_row
+from modelplex.storage.sql.schema import deliveries
 
 
 class DeliveryQueries(SqlBase):
@@ -43,7 +42,7 @@ class DeliveryQueries(SqlBase):
         )
 
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
-        now = time.time()
+        now = self._clock()
         candidates = (
             select(deliveries.c.id)
             .where(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from modelplex.jobs.ids import new_id
+from modelplex.ids import new_id
 
 
 def test_ids_are_unique_and_sorted_in_creation_order() -> None:

@@ -10,7 +10,6 @@ PostgreSQL advisory lock or SQLite's own write lock.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,16 +113,3 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the latest migration (safe to run from many processes)."""
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
-
-
-def migrate_sync(url: str) -> None:
-    """`migrate` for callers without an event loop (the CLI)."""
-
-    async def run() -> None:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())

@@ -1,121 +1,78 @@
-"""The job store: the jobs table is the queue.
+"""The job store on SQL (SQLite or PostgreSQL): the jobs table is the queue.
 
 Claims take a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises
 writers, which makes the same statements an exclusive claim). Every status
-change goes through `transition`, whose UPDATE only matches rows in a state the
-table `ALLOWED_FROM` permits (and, for a worker, only while it holds the lease),
-so an illegal or stale write changes nothing and returns None. `claim` and
-`BatchQueries.cancel_batch` are the set-based forms of the same transitions,
-guarded by the same table. Webhook deliveries are written in the transaction of
-the change that causes them (a transactional outbox: no event is lost, and none
-is sent for a change that did not happen).
-
-Concurrent inserts and transitions share transactions (see grouping.py). Within
-a transaction rows are locked in one order, jobs by id and then batches, so
-concurrent groups cannot deadlock.
+change is one guarded update (`guarded.status_update`): `transition` (see
+`transitions.py`), `claim`, `release` and `cancel_batch` all build theirs
+there, from the state machine's table, so an illegal or stale write changes
+nothing and returns None. Concurrent inserts share a multi-row INSERT.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, false, func, insert, select, update
-from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import delete, func, insert, select, update
 
 from modelplex.errors import StoreUnavailable
-from modelplex.jobs.models import (
-    ALLOWED_FROM,
+from modelplex.records import (
     CANCELLED_BY_REQUEST,
+    JOB_ALLOWED_FROM,
+    Clock,
     Job,
     JobStatus,
     Lease,
     NewDelivery,
     NewJob,
 )
-from modelplex.storage.batchstore import BatchQueries
-from modelplex.storage.database import Engines
-from modelplex.storage.deliverystore import DeliveryQueries
 from modelplex.storage.grouping import GroupCommit
-from modelplex.storage.rows import job_from_row, new_job_row
-from modelplex.storage.schema import batches, jobs
-
-# Errors that belong to one write of a group, not to the database as a whole.
-_ITEM_ERRORS = (IntegrityError, DataError)
-
-
-class DuplicateKey(Exception):
-    """An idempotency key is already taken (carries the existing job)."""
-
-    def __init__(self, existing: Job) -> None:
-        super().__init__(existing.id)
-        self.existing = existing
-
-
-@dataclass(frozen=True, slots=True)
-class _Transition:
-    job_id: str
-    sources: tuple[str, ...]
-    lease: Lease | None
-    fields: dict[str, Any]
-    deliveries: tuple[NewDelivery, ...]
-    batch_delta: tuple[int, int] | None
-    unless_cancelled: bool
-    now: float
-
-
-@functools.lru_cache(maxsize=256)
-def _transition_statement(
-    sources: tuple[str, ...], leased: bool, unless_cancelled: bool, keys: tuple[str, ...]
-) -> Any:
-    """`UPDATE jobs SET ... WHERE id = :id AND status IN (...) [AND lease]`, built
-    once per shape with bound parameters (building it per call cost more CPU than
-    the round trip)."""
-    statement = update(jobs).where(jobs.c.id == bindparam("w_id"), jobs.c.status.in_(sources))
-    if leased:
-        statement = statement.where(
-            jobs.c.lease_owner == bindparam("w_owner"), jobs.c.attempts == bindparam("w_attempt")
-        )
-    if unless_cancelled:
-        statement = statement.where(jobs.c.cancel_requested == false())
-    return statement.values({k: bindparam(f"v_{k}") for k in keys}).returning(*jobs.c)
-
+from modelplex.storage.interface import DuplicateKey
+from modelplex.storage.sql.engines import Engines, create_engines, migrate
+from modelplex.storage.sql.guarded import status_update
+from modelplex.storage.sql.rows import job_from_row, new_job_row
+from modelplex.storage.sql.schema import batches, jobs
+from modelplex.storage.sql.transitions import ITEM_ERRORS, TransitionQueries
 
 _INSERT_JOB = insert(jobs).returning(*jobs.c)
 _INSERT_JOBS = insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
+_QUEUED_ONLY = frozenset({JobStatus.QUEUED})
+_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
 
 
-class SqlJobStore(BatchQueries, DeliveryQueries):
-    """The job store on SQLAlchemy Core (SQLite or PostgreSQL)."""
+class SqlStore(TransitionQueries):
+    """The `Store` on SQLAlchemy Core."""
 
-    def __init__(self, engines: Engines) -> None:
-        super().__init__(engines)
+    def __init__(self, engines: Engines, clock: Clock = time.time) -> None:
         # One writer at a time on SQLite (it has only one); a few on PostgreSQL.
         writers = 1 if engines.write.dialect.name == "sqlite" else 4
+        super().__init__(engines, clock, writers)
         self._inserts: GroupCommit[dict[str, Any], Job] = GroupCommit(
             self._flush_inserts, "insert-jobs", writers
         )
-        self._transitions: GroupCommit[_Transition, Job | None] = GroupCommit(
-            self._flush_transitions, "job-transitions", writers
-        )
+
+    @classmethod
+    def connect(cls, url: str, clock: Clock = time.time) -> SqlStore:
+        """A store on the database at `url` (connections open on first use)."""
+        return cls(create_engines(url), clock)
+
+    async def migrate(self) -> None:
+        """Bring the schema up to date (safe from many processes at once)."""
+        await migrate(self.engines.write)
 
     # -- creating and reading -----------------------------------------------
     async def create(self, job: NewJob) -> Job:
         """Insert a QUEUED job; raises DuplicateKey if its idempotency key exists.
         Concurrent creations share one multi-row INSERT."""
-        return await self._inserts.submit(new_job_row(job, time.time()))
+        return await self._inserts.submit(new_job_row(job, self._clock()))
 
     async def _flush_inserts(self, rows: list[dict[str, Any]]) -> list[Job | BaseException]:
         try:
             async with self._tx() as conn:
                 result = await conn.execute(_INSERT_JOBS, rows)
                 return [job_from_row(r) for r in result.all()]
-        except _ITEM_ERRORS:
+        except ITEM_ERRORS:
             if len(rows) == 1:
                 return [await self._duplicate(rows[0])]
         # One row broke the group (a duplicate key): one by one, so only it fails.
@@ -124,7 +81,7 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
             try:
                 async with self._tx() as conn:
                     outcomes.append(job_from_row((await conn.execute(_INSERT_JOB, row)).one()))
-            except _ITEM_ERRORS:
+            except ITEM_ERRORS:
                 outcomes.append(await self._duplicate(row))
             except Exception as exc:
                 outcomes.append(exc)
@@ -174,7 +131,7 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
     async def claim(self, worker: str, limit: int, lease_s: float) -> list[Job]:
         """Take up to `limit` runnable jobs: PROCESSING ones whose lease expired
         (their worker died), then due QUEUED ones, highest priority first."""
-        now = time.time()
+        now = self._clock()
         # Two index scans rather than one OR: with an OR the planner sorts every
         # runnable row to find the first few, and the queue can hold millions.
         lost = (
@@ -189,7 +146,6 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
             .order_by(jobs.c.priority.desc(), jobs.c.run_at)
             .with_for_update(skip_locked=True)
         )
-        allowed = [s.value for s in ALLOWED_FROM[JobStatus.PROCESSING]]
         async with self._tx() as conn:
             # Locked rows (PostgreSQL) or the write lock (SQLite) keep the
             # candidates ours until the UPDATE below.
@@ -200,10 +156,8 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
             if not ids:
                 return []
             statement = (
-                update(jobs)
-                .where(jobs.c.id.in_(ids), jobs.c.status.in_(allowed))
+                status_update(jobs, JobStatus.PROCESSING, JOB_ALLOWED_FROM, jobs.c.id.in_(ids))
                 .values(
-                    status=JobStatus.PROCESSING.value,
                     lease_owner=worker,
                     lease_expires_at=now + lease_s,
                     attempts=jobs.c.attempts + 1,
@@ -233,102 +187,12 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
                 jobs.c.lease_owner == worker,
                 jobs.c.status == JobStatus.PROCESSING.value,
             )
-            .values(lease_expires_at=time.time() + lease_s)
+            .values(lease_expires_at=self._clock() + lease_s)
             .returning(jobs.c.id, jobs.c.cancel_requested)
         )
         async with self._tx() as conn:
             rows = (await conn.execute(statement)).all()
         return {r.id: bool(r.cancel_requested) for r in rows}
-
-    async def transition(
-        self,
-        job_id: str,
-        to: JobStatus,
-        *,
-        lease: Lease | None = None,
-        values: dict[str, Any] | None = None,
-        deliveries_out: Sequence[NewDelivery] = (),
-        batch_delta: tuple[int, int] | None = None,
-        only_from: frozenset[JobStatus] | None = None,
-        unless_cancelled: bool = False,
-    ) -> Job | None:
-        """The one way a job's status changes. None means the transition is not
-        allowed from the job's current state, the lease is no longer held, or
-        (with `unless_cancelled`) a cancel was requested. `only_from` narrows the
-        allowed source states further. Concurrent transitions share a
-        transaction, each still guarded on its own."""
-        now = time.time()
-        sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
-        fields: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
-        if to.finished:
-            fields.setdefault("finished_at", now)
-        if to is not JobStatus.PROCESSING:  # nobody holds a queued or finished job
-            fields["lease_owner"] = None
-            fields["lease_expires_at"] = None
-        return await self._transitions.submit(
-            _Transition(
-                job_id,
-                tuple(sorted(s.value for s in sources)),
-                lease,
-                fields,
-                tuple(deliveries_out),
-                batch_delta,
-                unless_cancelled,
-                now,
-            )
-        )
-
-    async def _flush_transitions(
-        self, group: list[_Transition]
-    ) -> list[Job | BaseException | None]:
-        try:
-            async with self._tx() as conn:
-                return await self._apply_all(conn, group)
-        except _ITEM_ERRORS:
-            if len(group) == 1:
-                raise
-        outcomes: list[Job | BaseException | None] = []
-        for item in group:  # one write broke the group: isolate it
-            try:
-                async with self._tx() as conn:
-                    outcomes += await self._apply_all(conn, [item])
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    async def _apply_all(
-        self, conn: AsyncConnection, group: list[_Transition]
-    ) -> list[Job | BaseException | None]:
-        results: dict[int, Job | None] = {}
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        # Jobs in id order, batches last: every transaction locks in the same order.
-        for index in sorted(range(len(group)), key=lambda i: group[i].job_id):
-            item = group[index]
-            statement = _transition_statement(
-                item.sources, item.lease is not None, item.unless_cancelled,
-                tuple(sorted(item.fields)),
-            )  # fmt: skip
-            params = {f"v_{k}": v for k, v in item.fields.items()}
-            params["w_id"] = item.job_id
-            if item.lease is not None:
-                params["w_owner"] = item.lease.worker
-                params["w_attempt"] = item.lease.attempt
-            row = (await conn.execute(statement, params)).first()
-            job = job_from_row(row) if row is not None else None
-            results[index] = job
-            if job is None:
-                continue
-            await self._insert_deliveries(conn, job.id, item.deliveries, item.now)
-            if item.batch_delta is not None and job.batch_id is not None:
-                tally = counts[job.batch_id]
-                tally[0] += 1
-                tally[1] += item.batch_delta[0]
-                tally[2] += item.batch_delta[1]
-        now = time.time()
-        for batch_id in sorted(counts):
-            chunks, completed, failed = counts[batch_id]
-            await self._count_chunks(conn, batch_id, chunks, (completed, failed), now)
-        return [results[i] for i in range(len(group))]
 
     async def update_progress(
         self,
@@ -339,7 +203,7 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
         deliveries_out: Sequence[NewDelivery] = (),
     ) -> bool:
         """Record step progress (not a status change); False if the lease was lost."""
-        now = time.time()
+        now = self._clock()
         statement = (
             update(jobs)
             .where(
@@ -360,28 +224,37 @@ class SqlJobStore(BatchQueries, DeliveryQueries):
     async def request_cancel(
         self, job_id: str, deliveries_out: Sequence[NewDelivery] = ()
     ) -> Job | None:
-        """Flag the job, then cancel it at once if it is queued. The flag stays for
-        whoever holds or next claims it: a running job stops at its next check, and
-        a job about to be retried is cancelled instead (see `unless_cancelled`)."""
+        """Flag the job and, if it is queued, cancel it in the same transaction. The
+        flag stays for whoever holds or next claims it: a running job stops at its
+        next check, and a job about to be retried is cancelled instead (see
+        `unless_cancelled`)."""
+        now = self._clock()
+        cancel_queued = (
+            status_update(
+                jobs, JobStatus.CANCELLED, JOB_ALLOWED_FROM, jobs.c.id == job_id,
+                only_from=_QUEUED_ONLY,
+            )
+            .values(
+                error=CANCELLED_BY_REQUEST, finished_at=now, updated_at=now, lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(*jobs.c)
+        )  # fmt: skip
         async with self._tx() as conn:
             flagged = await conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
-                )
-                .values(cancel_requested=True, updated_at=time.time())
+                .where(jobs.c.id == job_id, jobs.c.status.in_(_UNFINISHED))
+                .values(cancel_requested=True, updated_at=now)
             )
-        if flagged.rowcount == 1:
-            await self.transition(
-                job_id,
-                JobStatus.CANCELLED,
-                values={"error": CANCELLED_BY_REQUEST},
-                deliveries_out=deliveries_out,
-                batch_delta=(0, 0),
-                only_from=frozenset({JobStatus.QUEUED}),
-            )
-        return await self.get(job_id)
+            if flagged.rowcount == 1:
+                row = (await conn.execute(cancel_queued)).first()
+                if row is not None:
+                    cancelled = job_from_row(row)
+                    await self._insert_deliveries(conn, job_id, deliveries_out, now)
+                    if cancelled.batch_id is not None:
+                        await self._count_chunks(conn, cancelled.batch_id, 1, (0, 0), now)
+            current = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        return job_from_row(current) if current is not None else None
 
     async def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
         """Delete finished jobs (not in a batch) and finished batches older than the

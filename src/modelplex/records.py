@@ -1,18 +1,31 @@
-"""Job records and the state machine's table.
+"""What the job store keeps: jobs, batches and webhook deliveries, their statuses,
+and the state machines' tables.
 
     QUEUED ──claim──> PROCESSING ──> COMPLETED | FAILED | CANCELLED
       │                  │  └──retryable failure / release──> QUEUED
       └──cancel──> CANCELLED
 
-The store's one transition function enforces `ALLOWED_FROM` in the database;
-nothing else writes a job's status.
+    batch: PROCESSING ──last chunk ends──> COMPLETED
+               └──cancel──> CANCELLED (finished when its last running chunk ends)
+
+A leaf module: the job layer and every store implementation share these
+records, and neither imports the other. Stores enforce `JOB_ALLOWED_FROM` and
+`BATCH_ALLOWED_FROM` in one guarded update (`UPDATE ... WHERE status IN
+allowed_from`); nothing else writes a status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
+
+from modelplex import errors
+from modelplex.error_map import wire_error
+
+Clock = Callable[[], float]
+"""Epoch seconds (`time.time`); stores and workers take one so tests can move time."""
 
 
 class JobStatus(StrEnum):
@@ -24,12 +37,12 @@ class JobStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in TERMINAL
+        return self in JOB_TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+JOB_TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
-ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+JOB_ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     # PROCESSING -> PROCESSING is a re-claim after the lease expired.
     JobStatus.PROCESSING: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING}),
     JobStatus.QUEUED: frozenset({JobStatus.PROCESSING}),
@@ -39,7 +52,24 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-CANCELLED_BY_REQUEST = {"code": "CANCELLED", "message": "cancelled by request"}
+class BatchStatus(StrEnum):
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+
+BATCH_ALLOWED_FROM: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.COMPLETED: frozenset({BatchStatus.PROCESSING}),
+    BatchStatus.CANCELLED: frozenset({BatchStatus.PROCESSING}),
+}
+
+
+def allowed_sources(
+    table: dict[Any, frozenset[Any]], to: Any, only_from: frozenset[Any] | None = None
+) -> tuple[str, ...]:
+    """The statuses `to` may be reached from (narrowed by `only_from`), sorted, as values."""
+    sources = table[to] if only_from is None else table[to] & only_from
+    return tuple(sorted(s.value for s in sources))
 
 
 class JobKind(StrEnum):
@@ -58,13 +88,24 @@ class StepStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobError:
+    """Why a job (or one step, or one batch line) failed, as its view shows it."""
+
     code: str
     message: str
     step: str | None = None
     retryable: bool = False
 
+    @classmethod
+    def of(cls, exc: errors.ModelplexError, step: str | None = None) -> JobError:
+        """The error table's code and retryability for `exc`."""
+        wire = wire_error(exc)
+        return cls(wire.code, exc.message, step, wire.retryable)
+
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "step": self.step}
+
+
+CANCELLED_BY_REQUEST = JobError.of(errors.JobCancelled("cancelled by request")).as_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +175,22 @@ class NewJob:
     callback_events: list[str] = field(default_factory=list)
     idempotency_key: str | None = None
     request_hash: str | None = None
-    batch_id: str | None = None
-    chunk_index: int | None = None
+
+
+class JobChanges(TypedDict, total=False):
+    """What a transition may change besides the status. Status, lease, attempts and
+    timestamps are the store's own: no caller can pass them through."""
+
+    steps: list[dict[str, Any]]
+    progress: float
+    history: list[dict[str, Any]]
+    result: Any
+    result_ref: str | None
+    error: dict[str, Any] | None
+    run_at: float
+
+
+CHANGEABLE = frozenset(JobChanges.__annotations__)
 
 
 class DeliveryStatus(StrEnum):
@@ -170,7 +225,7 @@ class Batch:
     kind: JobKind
     target: str
     version: str | None
-    status: JobStatus
+    status: BatchStatus
     total: int
     completed: int
     failed: int
@@ -180,3 +235,17 @@ class Batch:
     metadata: dict[str, Any] | None
     created_at: float
     finished_at: float | None
+
+
+@dataclass(slots=True)
+class NewBatch:
+    """A batch; its chunk jobs are created with it, in order (chunk 0 first)."""
+
+    kind: JobKind
+    target: str
+    version: str | None
+    total: int
+    """Lines in the file, refused ones included."""
+    invalid_lines: list[dict[str, Any]]
+    """Lines refused at submission, with their errors (they count as failed)."""
+    metadata: dict[str, Any] | None = None

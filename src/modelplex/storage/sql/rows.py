@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelplex.jobs.ids import new_id
-from modelplex.jobs.models import (
+from modelplex.ids import new_id
+from modelplex.records import (
     Batch,
+    BatchStatus,
     Delivery,
     DeliveryStatus,
     Job,
     JobKind,
     JobStatus,
+    NewBatch,
     NewJob,
 )
 
@@ -77,7 +79,7 @@ def batch_from_row(row: Any) -> Batch:
         kind=JobKind(m["kind"]),
         target=m["target"],
         version=m["version"],
-        status=JobStatus(m["status"]),
+        status=BatchStatus(m["status"]),
         total=m["total"],
         completed=m["completed"],
         failed=m["failed"],
@@ -90,7 +92,9 @@ def batch_from_row(row: Any) -> Batch:
     )
 
 
-def new_job_row(job: NewJob, now: float) -> dict[str, Any]:
+def new_job_row(
+    job: NewJob, now: float, *, batch_id: str | None = None, chunk_index: int | None = None
+) -> dict[str, Any]:
     return {
         "id": new_id("job"),
         "kind": job.kind.value,
@@ -115,6 +119,26 @@ def new_job_row(job: NewJob, now: float) -> dict[str, Any]:
         "run_at": now,
         "created_at": now,
         "updated_at": now,
-        "batch_id": job.batch_id,
-        "chunk_index": job.chunk_index,
+        "batch_id": batch_id,
+        "chunk_index": chunk_index,
+    }
+
+
+def new_batch_row(batch: NewBatch, chunks: int, now: float) -> dict[str, Any]:
+    """A batch with `chunks` chunk jobs; one with none (every line refused) is finished."""
+    return {
+        "id": new_id("batch"),
+        "kind": batch.kind.value,
+        "target": batch.target,
+        "version": batch.version,
+        "status": (BatchStatus.PROCESSING if chunks else BatchStatus.COMPLETED).value,
+        "total": batch.total,
+        "completed": 0,
+        "failed": len(batch.invalid_lines),
+        "chunks": chunks,
+        "chunks_done": 0,
+        "invalid_lines": batch.invalid_lines,
+        "batch_metadata": batch.metadata,
+        "created_at": now,
+        "finished_at": None if chunks else now,
     }

@@ -1,0 +1,12 @@
+"""What a route reaches of the process: the composition root, and nothing behind it."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from modelplex.app import Modelplex
+
+
+def modelplex_of(request: Request) -> Modelplex:
+    modelplex: Modelplex = request.app.state.modelplex
+    return modelplex

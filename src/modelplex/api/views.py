@@ -1,0 +1,134 @@
+"""How models, jobs, batches and webhook deliveries look on the /v1 wire, with their links."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from modelplex.core.catalog import ModelInfo
+from modelplex.records import Batch, Delivery, Job, JobKind, JobStatus
+
+
+def model_summary(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "state": model.state.value,
+        "default_version": model.default_version,
+        "versions": model.version_names,
+        "description": model.description,
+        "reason": model.reason,
+    }
+
+
+def model_detail(model: ModelInfo) -> dict[str, Any]:
+    doc = model_summary(model)
+    if not model.inputs:  # the folder's model.toml could not be read
+        return doc
+    doc.update(
+        inputs=[s.describe() for s in model.inputs],
+        outputs=[s.describe() for s in model.outputs],
+        labels=list(model.labels) if model.labels is not None else None,
+        version_details=[
+            {**v.describe(), "stats": v.stats.as_dict()} if v.stats else v.describe()
+            for v in model.versions
+        ],
+    )
+    reference = model.reference
+    if reference is not None and reference.batching is not None:
+        doc["batching"] = reference.batching.as_dict()
+        doc["timeout_ms"] = reference.timeout_ms
+    if model.preprocessing is not None:
+        doc["preprocessing"] = model.preprocessing
+    return doc
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it."""
+    view: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        job.kind.value if job.kind is not JobKind.BATCH_CHUNK else "batch_chunk": job.target,
+        "version": job.version,
+        "priority": job.priority,
+        "progress": job.progress,
+        "steps": [
+            {
+                **step,
+                "started_at": iso(step.get("started_at")),
+                "finished_at": iso(step.get("finished_at")),
+            }
+            for step in job.steps
+        ],
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "metadata": job.metadata,
+        "callback_url": job.callback_url,
+        "callback_events": job.callback_events,
+        "history": [
+            {**h, "started_at": iso(h.get("started_at")), "finished_at": iso(h.get("finished_at"))}
+            for h in job.history
+        ],
+        "links": {
+            "self": f"/v1/jobs/{job.id}",
+            "cancel": f"/v1/jobs/{job.id}/cancel",
+            "deliveries": f"/v1/jobs/{job.id}/deliveries",
+            "result": f"/v1/jobs/{job.id}/result",
+        },
+    }
+    if job.batch_id:
+        view["batch_id"] = job.batch_id
+    if job.status is JobStatus.COMPLETED:
+        view["result"] = job.result if job.result_ref is None else None
+        view["result_in_blob"] = job.result_ref is not None
+    if job.error and job.status is not JobStatus.COMPLETED:
+        view["error"] = job.error
+    return view
+
+
+def delivery_view(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "event": delivery.event,
+        "url": delivery.url,
+        "status": delivery.status.value,
+        "created_at": iso(delivery.created_at),
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "PENDING" else None,
+        "attempts": [{**a, "at": iso(a.get("at"))} for a in delivery.attempts],
+    }
+
+
+def batch_view(batch: Batch) -> dict[str, Any]:
+    finished = batch.completed + batch.failed
+    return {
+        "id": batch.id,
+        "status": batch.status.value,
+        batch.kind.value: batch.target,
+        "version": batch.version,
+        "counts": {
+            "total": batch.total,
+            "completed": batch.completed,
+            "failed": batch.failed,
+            "pending": max(0, batch.total - finished) if batch.finished_at is None else 0,
+            "cancelled": max(0, batch.total - finished) if batch.finished_at is not None else 0,
+        },
+        "progress": round(finished / batch.total, 4) if batch.total else 1.0,
+        "created_at": iso(batch.created_at),
+        "finished_at": iso(batch.finished_at),
+        "metadata": batch.metadata,
+        "links": {
+            "self": f"/v1/batches/{batch.id}",
+            "results": f"/v1/batches/{batch.id}/results",
+            "errors": f"/v1/batches/{batch.id}/errors",
+            "cancel": f"/v1/batches/{batch.id}/cancel",
+        },
+    }

@@ -1,0 +1,161 @@
+"""The composition root: every part of a modelplex process, built from `Settings`.
+
+`Modelplex` is what `modelplex serve` runs: the model registry and data plane,
+the Open Inference Protocol service, the job and batch services over the job
+store, and the background work for jobs. The HTTP app (`api.app.create_app`)
+and the gRPC server (`grpc.server.GrpcServer`) are peer adapters over it;
+`modelplex.server` starts them, and neither starts the other. `ModelplexWorker`
+is what `modelplex worker` runs. New cross-cutting parts (authentication,
+experiments, metrics) are built here and handed to both adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from modelplex.core.dataplane import DataPlane
+from modelplex.core.registry import ModelRegistry
+from modelplex.jobs.batches import BatchService
+from modelplex.jobs.pipelines import PipelineRegistry
+from modelplex.jobs.runner import JobRunner
+from modelplex.jobs.service import JobService
+from modelplex.jobs.supervisor import worker_environment
+from modelplex.jobs.system import JobSystem
+from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
+from modelplex.jobs.worker import Worker, WorkerConfig
+from modelplex.oip.service import V2Service
+from modelplex.process import tune_gc
+from modelplex.records import Clock
+from modelplex.retry import Backoff, RetryPolicy
+from modelplex.settings import Settings
+from modelplex.storage.blobs import LocalBlobStore
+from modelplex.storage.interface import Store
+from modelplex.storage.sql import SqlStore, default_database_url
+
+log = logging.getLogger(__name__)
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or default_database_url(settings.data_dir)
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The configured secret, or the one generated once into the data directory;
+    checked now so a bad one fails start-up, not the first delivery."""
+    secret = settings.webhook_secret or load_or_create_secret(settings.data_dir / "webhook_secret")
+    parse_secret(secret)
+    return secret
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        concurrency=settings.worker_concurrency,
+        lease_s=settings.job_lease_s,
+        poll_s=settings.job_poll_s,
+        drain_s=settings.job_drain_s,
+        blob_threshold_bytes=settings.blob_threshold_bytes,
+        retry=RetryPolicy(
+            settings.job_max_attempts,
+            Backoff(settings.job_retry_base_s, settings.job_retry_cap_s, jitter=0.5),
+        ),
+    )
+
+
+class Modelplex:
+    """A serving process's parts. `start()` connects the job store and starts
+    loading the models in the background; `stop()` undoes it in reverse."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Path,
+        *,
+        store: Store | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.registry = ModelRegistry(repository, settings)
+        self.dataplane = DataPlane(self.registry, settings)
+        self.v2 = V2Service(self.dataplane)
+        self.pipelines = PipelineRegistry(repository)
+        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self._own_store = store is None
+        self.store: Store = store or SqlStore.connect(database_url(settings), clock)
+        self.jobs = JobService(self.store, self.blobs, self.dataplane, self.pipelines, settings)
+        self.batches = BatchService(self.store, self.jobs)
+        self._background: JobSystem | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        if isinstance(self.store, SqlStore):
+            # The job database must be reachable: fail start-up now, not every job later.
+            await self.store.migrate()
+        await asyncio.to_thread(self.pipelines.load_all)
+        env = None
+        if settings.workers:
+            env = worker_environment(settings, self.repository, database_url(settings))
+        self._background = JobSystem(
+            settings, self.store, self.blobs, secret=webhook_secret(settings), worker_env=env
+        )
+        self._background.start()
+        self._loading = asyncio.create_task(self._load_models(), name="load-models")
+
+    async def _load_models(self) -> None:
+        try:
+            await asyncio.to_thread(self.registry.load_all)
+        except Exception as exc:  # load_all records per-model failures; this is a bug
+            log.error("loading the model repository failed", exc_info=exc)
+        tune_gc(self.settings.gc_gen0_threshold)
+
+    async def stop(self) -> None:
+        if self._background is not None:
+            await self._background.stop()
+        if self._loading is not None and not self._loading.done():
+            # A model load cannot be interrupted; let it finish before closing.
+            await asyncio.shield(self._loading)
+        await self.registry.close()
+        self.dataplane.close()
+        if self._own_store:
+            await self.store.close()
+
+    async def purge_expired(self) -> int:
+        """Run retention once (it also runs on its own, periodically)."""
+        if self._background is None:
+            return 0
+        return await self._background.purge_once()
+
+
+class ModelplexWorker:
+    """A `modelplex worker` process's parts: its own registry and data plane, the
+    pipelines, and a worker over the job store."""
+
+    def __init__(self, settings: Settings, repository: Path, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(repository, settings)
+        self.dataplane = DataPlane(self.registry, settings)
+        self.pipelines = PipelineRegistry(repository)
+        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self._own_store = store is None
+        self.store: Store = store or SqlStore.connect(database_url(settings))
+        runner = JobRunner(self.dataplane, self.pipelines, self.blobs)
+        self.worker = Worker(self.store, runner, self.blobs, worker_config(settings))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Load everything, then claim and run jobs until `stop` is set."""
+        try:
+            if isinstance(self.store, SqlStore):
+                await self.store.migrate()
+            await asyncio.to_thread(self.registry.load_all)
+            await asyncio.to_thread(self.pipelines.load_all)
+            tune_gc(self.settings.gc_gen0_threshold)
+            await self.worker.run(stop)
+        finally:
+            await self.registry.close()
+            self.dataplane.close()
+            if self._own_store:
+                await self.store.close()

@@ -1,0 +1,88 @@
+"""What a running job shares with its worker, and the outcomes a run ends in.
+
+The runner reports progress and step events into the job's `JobControl`; the
+worker flushes them to the store a few times a second (so a job that takes
+milliseconds writes nothing until it ends) and sets `cancel` when a cancel
+request or the loss of the lease reaches it.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelplex.jobs.webhooks import event_payload
+from modelplex.records import Job, JobError, NewDelivery, StepStatus
+
+STEP_EVENT = "job.step"
+_STEP_ENDS = frozenset(
+    {StepStatus.COMPLETED.value, StepStatus.FAILED.value, StepStatus.CANCELLED.value}
+)
+
+
+@dataclass(slots=True)
+class Completed:
+    result: Any
+    lines: tuple[int, int] | None = None
+    """For batch chunks: (completed, failed) lines."""
+
+
+@dataclass(slots=True)
+class Failed:
+    error: JobError
+    lines: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class Cancelled:
+    lines: tuple[int, int] | None = None
+
+
+Outcome = Completed | Failed | Cancelled
+
+
+class StepFailure(Exception):
+    """A step (or a model job's inference) failed; carries the job's error."""
+
+    def __init__(self, error: JobError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(eq=False)
+class JobControl:
+    """Cancellation and progress of one running job."""
+
+    job: Job
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    progress: float = 0.0
+    dirty: bool = False
+    events: list[NewDelivery] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set by the worker; sync steps poll it from their threads."""
+    lost: bool = False
+    """Set when the heartbeat found the lease gone: the job's work is moot."""
+
+    def __post_init__(self) -> None:
+        self.steps = copy.deepcopy(self.job.steps)
+
+    def update_step(self, index: int, **fields: Any) -> None:
+        self.steps[index].update(fields)
+        done = sum(
+            1.0 if s["status"] == StepStatus.COMPLETED else float(s.get("progress") or 0)
+            for s in self.steps
+        )
+        self.progress = round(done / max(1, len(self.steps)), 4)
+        self.dirty = True
+        if "started_at" in fields or fields.get("status") in _STEP_ENDS:
+            self._step_event(index)
+
+    def _step_event(self, index: int) -> None:
+        job = self.job
+        if job.callback_url and STEP_EVENT in job.callback_events:
+            data = {"job_id": job.id, "step": dict(self.steps[index]), "progress": self.progress}
+            self.events.append(
+                NewDelivery(STEP_EVENT, job.callback_url, event_payload(STEP_EVENT, data))
+            )

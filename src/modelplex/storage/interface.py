@@ -1,0 +1,161 @@
+"""The store interface the job layer depends on, and nothing more.
+
+Two implementations keep the same contract (`tests/storage/test_contract.py`
+runs one suite over all of them): `SqlStore` (SQLite embedded, PostgreSQL
+scale-out) and `MemoryStore` (one process, for unit tests). Every method is a
+single atomic step; every status change is guarded by the state machines'
+tables in `modelplex.records`, so a transition that is not allowed from the
+current state, or written by a worker that no longer holds the lease, changes
+nothing and returns None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from modelplex.records import (
+    Batch,
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobChanges,
+    JobStatus,
+    Lease,
+    NewBatch,
+    NewDelivery,
+    NewJob,
+)
+
+
+class DuplicateKey(Exception):
+    """An idempotency key is already taken (carries the existing job)."""
+
+    def __init__(self, existing: Job) -> None:
+        super().__init__(existing.id)
+        self.existing = existing
+
+
+class JobStore(Protocol):
+    async def create(self, job: NewJob) -> Job:
+        """Insert a QUEUED job; DuplicateKey if its idempotency key is taken."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_by_key(self, key: str) -> Job | None: ...
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        target: str | None = None,
+        batch_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Newest first; `before` is the cursor (the last id of the previous page)."""
+        ...
+
+    async def claim(self, worker: str, limit: int, lease_s: float) -> list[Job]:
+        """Take up to `limit` runnable jobs with a lease: PROCESSING ones whose lease
+        expired (their worker died) first, then due QUEUED ones by priority and age.
+        Each claim counts an attempt."""
+        ...
+
+    async def heartbeat(
+        self, worker: str, job_ids: Sequence[str], lease_s: float
+    ) -> dict[str, bool]:
+        """Extend the leases `worker` still holds: job id -> cancel requested.
+        Jobs missing from the answer are no longer this worker's."""
+        ...
+
+    async def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        lease: Lease | None = None,
+        changes: JobChanges | None = None,
+        deliveries_out: Sequence[NewDelivery] = (),
+        batch_delta: tuple[int, int] | None = None,
+        only_from: frozenset[JobStatus] | None = None,
+        unless_cancelled: bool = False,
+    ) -> Job | None:
+        """Change the job's status, guarded by `JOB_ALLOWED_FROM` (narrowed by
+        `only_from`), the lease when given, and (with `unless_cancelled`) the
+        absence of a cancel request. The deliveries are written in the same atomic
+        step, and so are the job's lines in its batch's counts (`batch_delta`:
+        completed, failed) when it finishes. None: nothing changed."""
+        ...
+
+    async def release(self, job_id: str, lease: Lease) -> Job | None:
+        """Hand a claimed job back to the queue without counting the attempt
+        (a worker shutting down before it could finish)."""
+        ...
+
+    async def update_progress(
+        self,
+        lease: Lease,
+        job_id: str,
+        steps: list[dict[str, Any]],
+        progress: float,
+        deliveries_out: Sequence[NewDelivery] = (),
+    ) -> bool:
+        """Record step progress (not a status change); False if the lease was lost."""
+        ...
+
+    async def request_cancel(
+        self, job_id: str, deliveries_out: Sequence[NewDelivery] = ()
+    ) -> Job | None:
+        """Flag the job for cancellation and cancel it at once if it is queued (the
+        deliveries go with that transition). The flag stays for whoever holds or
+        next claims it. None if the job does not exist."""
+        ...
+
+    async def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
+        """Delete finished jobs (not in a batch) and finished batches with their
+        chunks, older than the cutoff; return the deleted jobs (for their blobs)."""
+        ...
+
+
+class BatchStore(Protocol):
+    async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
+        """The batch and its chunk jobs, at once; with no chunks it is finished."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
+        """Chunk jobs in order, after chunk index `after_index`."""
+        ...
+
+    async def cancel_batch(self, batch_id: str) -> Batch | None:
+        """Cancel queued chunks at once and flag running ones; the batch is CANCELLED
+        (finished when its last chunk ends). None if there is no such batch."""
+        ...
+
+
+class DeliveryStore(Protocol):
+    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        """Due PENDING deliveries nobody holds, leased to `owner`."""
+        ...
+
+    async def record_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        attempts: list[dict[str, Any]],
+        status: DeliveryStatus,
+        next_attempt_at: float,
+    ) -> bool:
+        """Record an attempt and release the lease; False if `owner` lost it meanwhile."""
+        ...
+
+    async def list_deliveries(self, job_id: str) -> list[Delivery]: ...
+
+
+class Store(JobStore, BatchStore, DeliveryStore, Protocol):
+    """Everything the job layer stores."""
+
+    async def close(self) -> None: ...
