@@ -37,7 +37,7 @@ from sqlalchemy import text
 from benchmarks.harness import wrk
 from modelplex.jobs.supervisor import worker_environment
 from modelplex.settings import Settings
-from modelplex.storage.database import create_engine, migrate
+from modelplex.storage.sql.engines import create_engine, migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUBMITTERS = 50

@@ -167,7 +167,7 @@ class PipelineRun:
         tensor = np.asarray(data[key])
         chunks = [tensor[i : i + step.batch_size] for i in range(0, len(tensor), step.batch_size)]
         outputs: list[dict[str, Array] | None] = [None] * len(chunks)
-        gate = asyncio.Semaphore(max(1, served.batcher.instances))
+        gate = asyncio.Semaphore(max(1, served.batching.instances))
         done = 0
 
         async def run(i: int) -> None:
