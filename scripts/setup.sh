@@ -28,6 +28,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import modelplex, onnxruntime, torch" # fail loudly if the install did not
   touch "$stamp"
 fi
+# The Open Inference Protocol's REST specification for the conformance tests, as
+# MLServer publishes it in its wheel (no registry package ships kserve's copy).
+oip=.venv/share/modelplex/oip-dataplane.json
+if [ ! -f "$oip" ]; then
+  wheels=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: \
+    "mlserver==1.7.1" -d "$wheels" 2>&1 | grep -v "is neither a file nor a directory" || true
+  mkdir -p "$(dirname "$oip")"
+  .venv/bin/python - "$wheels" "$oip" <<'PY'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("mlserver-*.whl"))
+with zipfile.ZipFile(wheel) as archive:
+    pathlib.Path(sys.argv[2]).write_bytes(archive.read("mlserver/rest/openapi/dataplane.json"))
+PY
+  rm -r "$wheels"
+fi
 # Build step: compile the gRPC protocol's .proto (generated code is not committed).
 .venv/bin/python -m modelplex.grpc.codegen --check >/dev/null 2>&1 \
   || .venv/bin/python -m modelplex.grpc.codegen >/dev/null

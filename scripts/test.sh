@@ -10,3 +10,6 @@ bash scripts/services.sh
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy
 .venv/bin/pytest "$@"
+# The API contracts: fail on a breaking change to the OpenAPI document or the
+# gRPC protocol that contracts/breaking.toml does not declare.
+.venv/bin/python scripts/contracts.py check

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelplex.error_map import rows
 from modelplex.settings import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -14,6 +15,12 @@ def test_every_setting_is_documented() -> None:
     for name in Settings.model_fields:
         assert f"`{name}`" in text, name
         assert f"`MODELPLEX_{name.upper()}`" in text, name
+
+
+def test_every_error_code_is_documented() -> None:
+    text = (DOCS / "4-api.md").read_text()
+    for _, wire in rows():
+        assert f"`{wire.code}`" in text, wire.code
 
 
 def test_docs_index_links_exist() -> None:

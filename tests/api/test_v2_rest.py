@@ -178,10 +178,28 @@ def test_error_paths(triton_http: triton.InferenceServerClient) -> None:
     expect_error(lambda: triton_http.infer("image-classifier", [broken]), 400, "image")
 
 
+def test_paths_and_statuses_follow_the_protocol(zoo: httpx.Client) -> None:
+    """The spec's own spelling of server metadata, and readiness as it says: 200 or
+    a 4xx for "not ready", 404 for a model or version that does not exist."""
+    spelled = zoo.get("/v2/", follow_redirects=False)
+    assert spelled.status_code == 200
+    assert spelled.json() == zoo.get("/v2").json()
+    assert zoo.get("/v2/models/versioned/versions/2/ready").status_code == 200
+    missing = zoo.get("/v2/models/versioned/versions/7/ready")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "model 'versioned' has no version '7'"}
+    assert zoo.get("/v2/models/nope/ready").status_code == 404
+    broken = zoo.get("/v2/models/half-broken/versions/2/ready")  # failed to load
+    assert broken.status_code == 400
+    assert "not ready" in broken.json()["error"]
+    assert zoo.get("/v2/models/bad-toml/ready").status_code == 400
+    assert zoo.get("/v2/health/live").content == b""
+
+
 def test_error_bodies_follow_the_protocol(client: httpx.Client) -> None:
     response = client.post("/v2/models/digits/infer", json={"inputs": "nope"})
     assert response.status_code == 400
-    assert response.json() == {"error": "'inputs' must be a non-empty list"}
+    assert response.json() == {"error": "'inputs': must be a non-empty list"}
     assert client.get("/v2/models/nope").json()["error"] == "model 'nope' does not exist"
     bad_binary = client.post(
         "/v2/models/digits/infer",

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from pydantic.json_schema import models_json_schema
 
 from modelplex import __version__ as modelplex_version
 from modelplex.api import routes_jobs, routes_v1, routes_v2
 from modelplex.api.middleware import RequestContextMiddleware
+from modelplex.api.openapi import build_document
 from modelplex.api.problems import install_handlers
 from modelplex.api.schemas import Problem
 from modelplex.app import Modelplex
@@ -23,35 +22,25 @@ UPLOAD_PREFIXES = ("/v1/jobs", "/v1/batches")
 """Routes that take files: their body limit is `max_upload_bytes`."""
 
 DESCRIPTION = """\
-modelplex serves many models, their versions and pipelines behind one stable API.
+modelplex serves many models, their versions and pipelines behind one stable API:
+the native API under `/v1`, the Open Inference Protocol (KServe V2 / Triton) under
+`/v2` and over gRPC.
 
-Errors are RFC 9457 `application/problem+json` documents with a stable `code`
-(INVALID_INPUT, MODEL_NOT_FOUND, VERSION_NOT_FOUND, MODEL_NOT_READY,
-INFERENCE_TIMEOUT, RESOURCE_EXHAUSTED, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
-INTERNAL) and the `request_id` that is also in `X-Request-ID`.
+Errors on `/v1` are RFC 9457 `application/problem+json` documents with a stable
+`code` and the `request_id` that is also in `X-Request-ID`; on `/v2` they are the
+protocol's `{"error": "..."}`. Every code, from the one error table:
 """
+
+BODY_SCHEMAS = (
+    *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS, Problem,
+)  # fmt: skip
 
 
 class ModelplexApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
-        """FastAPI's document plus the schemas of bodies the hot routes parse themselves."""
-        if self.openapi_schema:
-            return self.openapi_schema
-        document = get_openapi(
-            title=self.title, version=self.version, description=self.description, routes=self.routes
-        )
-        _, extra = models_json_schema(
-            [
-                (model, "validation")
-                for model in (*routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, Problem)
-            ],
-            ref_template="#/components/schemas/{model}",
-        )
-        schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for name, schema in extra.get("$defs", {}).items():
-            schemas.setdefault(name, schema)
-        self.openapi_schema = document
-        return document
+        if not self.openapi_schema:
+            self.openapi_schema = build_document(self, BODY_SCHEMAS)
+        return self.openapi_schema
 
 
 def create_app(modelplex: Modelplex) -> FastAPI:

@@ -11,19 +11,46 @@ from pydantic import BaseModel
 
 from modelplex.error_map import wire_error
 
+Responses = dict[int | str, dict[str, Any]]
 
-def problem_responses(*error_classes: type[Exception]) -> dict[int | str, dict[str, Any]]:
-    """Problem responses for these errors, with statuses from the one error table."""
-    statuses = sorted({wire_error(cls()).http_status for cls in error_classes})
+
+def _grouped(error_classes: tuple[type[Exception], ...], v2: bool) -> dict[int, list[str]]:
+    by_status: dict[int, list[str]] = {}
+    for cls in error_classes:
+        wire = wire_error(cls)
+        status = wire.v2_status if v2 else wire.http_status
+        if wire.code not in by_status.setdefault(status, []):
+            by_status[status].append(wire.code)
+    return dict(sorted(by_status.items()))
+
+
+def problem_responses(*error_classes: type[Exception]) -> Responses:
+    """Problem responses for these errors, with statuses and codes from the one error table."""
     return {
         status: {
-            "description": "Problem details (application/problem+json)",
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
+            "description": "Problem details: " + ", ".join(codes),
+            **json_content("Problem", "application/problem+json"),
         }
-        for status in statuses
+        for status, codes in _grouped(error_classes, v2=False).items()
     }
+
+
+def v2_errors(*error_classes: type[Exception]) -> Responses:
+    """The Open Inference Protocol's error object for these errors, at the protocol's
+    statuses from the one error table."""
+    return {
+        status: {"description": "Error: " + ", ".join(codes), **json_content("V2Error")}
+        for status, codes in _grouped(error_classes, v2=True).items()
+    }
+
+
+def json_content(schema: str, media: str = "application/json") -> dict[str, Any]:
+    return {"content": {media: schema_ref(schema)}}
+
+
+def no_content(description: str) -> dict[str, Any]:
+    """A response with an empty body (the protocol's health and repository answers)."""
+    return {"description": description, "content": {}}
 
 
 def _body(content: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +59,28 @@ def _body(content: dict[str, Any]) -> dict[str, Any]:
 
 def schema_ref(name: str) -> dict[str, Any]:
     return {"schema": {"$ref": f"#/components/schemas/{name}"}}
+
+
+def optional_json_body(schema: str) -> dict[str, Any]:
+    return {"requestBody": {"required": False, **json_content(schema)}}
+
+
+V2_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": schema_ref("V2InferRequest"),
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "The JSON request, then the binary tensors "
+                    "(Inference-Header-Content-Length: the JSON's length).",
+                }
+            },
+        },
+    }
+}
 
 
 BODY_PREDICT = _body(
@@ -87,8 +136,21 @@ _HEADERS: list[dict[str, Any]] = [
     },
 ]
 
+V2_HEADERS: list[dict[str, Any]] = [
+    _HEADERS[1],
+    {
+        "name": "Inference-Header-Content-Length",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Binary tensor extension: the length of the JSON before the tensors.",
+    },
+]
+
 PARAMS = {
     "headers": _HEADERS,
     "model": [*_path("model"), *_HEADERS],
     "model_version": [*_path("model", "version"), *_HEADERS],
+    "model_path": _path("model"),
+    "model_version_path": _path("model", "version"),
 }

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from modelplex import errors
 from modelplex.error_map import public_message, wire_error
@@ -107,6 +108,17 @@ def to_domain_error(exc: BaseException) -> errors.ModelplexError:
     return errors.InternalError()
 
 
+def allowed_methods(app: FastAPI, scope: Any) -> str:
+    """Every method some route serves at this path (Starlette names only the first
+    route's, and /v1/jobs, say, is two routes: GET and POST)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_handlers(app: FastAPI) -> None:
     async def on_error(request: Request, exc: Exception) -> Response:
         domain = to_domain_error(exc)
@@ -116,6 +128,8 @@ def install_handlers(app: FastAPI) -> None:
         response = error_response(domain, request_id, request.url.path)
         if isinstance(exc, HTTPException) and exc.headers:
             response.headers.update(exc.headers)
+        if isinstance(domain, errors.MethodNotAllowed):
+            response.headers["Allow"] = allowed_methods(app, request.scope)
         return response
 
     # Anything else is caught by RequestContextMiddleware, which renders INTERNAL

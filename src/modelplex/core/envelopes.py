@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from modelplex.errors import InvalidInput
 
-E = TypeVar("E", bound="Envelope")
+E = TypeVar("E", bound=BaseModel)
 
 _MAX_FORM_DIGITS = 9
 

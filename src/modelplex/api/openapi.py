@@ -1,0 +1,82 @@
+"""The OpenAPI document: FastAPI's, completed so that schema-driven tools can trust it.
+
+* Request bodies that hot routes parse themselves are referenced by name; their
+  schemas are added here from the same envelope classes the routes parse with.
+* FastAPI documents a 422 `HTTPValidationError` on every route with
+  parameters; modelplex never answers with that shape. On /v1 such an error is
+  a problem+json document; on /v2 it cannot happen (path parameters are plain
+  strings) and is removed.
+* The error table (every code, its statuses and whether it is retryable) is
+  part of the description, generated from `error_map`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from modelplex.api.openapi_docs import json_content
+from modelplex.api.problems import is_v2_path
+from modelplex.error_map import rows
+
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+
+
+def build_document(app: FastAPI, body_schemas: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=f"{app.description}\n\n{error_table()}",
+        routes=app.routes,
+    )
+    _, extra = models_json_schema(
+        [(model, "validation") for model in body_schemas],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in extra.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            _replace_fastapi_validation(path, operation)
+    for name in _FASTAPI_VALIDATION:
+        schemas.pop(name, None)
+    return document
+
+
+def _replace_fastapi_validation(path: str, operation: dict[str, Any]) -> None:
+    responses = operation.get("responses", {})
+    documented = responses.get("422", {})
+    refs = str(documented.get("content", {}))
+    if not any(name in refs for name in _FASTAPI_VALIDATION):
+        return
+    if is_v2_path(path):
+        del responses["422"]
+    else:
+        responses["422"] = {
+            "description": "Problem details: INVALID_INPUT",
+            **json_content("Problem", "application/problem+json"),
+        }
+
+
+def error_table() -> str:
+    """Every problem code a client can see, as a Markdown table."""
+    lines = [
+        "| code | /v1 status | /v2 status | gRPC status | retryable | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    seen: set[tuple[str, bool]] = set()
+    for error_class, wire in rows():
+        if (wire.code, wire.retryable) in seen:
+            continue
+        seen.add((wire.code, wire.retryable))
+        meaning = (error_class.__doc__ or "").strip().splitlines()[0]
+        lines.append(
+            f"| `{wire.code}` | {wire.http_status} | {wire.v2_status} | {wire.grpc_code.value} "
+            f"| {'yes' if wire.retryable else 'no'} | {meaning} |"
+        )
+    return "\n".join(lines)
