@@ -10,6 +10,7 @@ import pytest
 
 from modelplex.server import RunningServer, start
 from tests.conftest import settings_for, wait_ready
+from tests.gates import GATED_MODEL
 from tests.helpers import copy_model, write_model, write_python_model
 
 BATCHING = """
@@ -87,7 +88,14 @@ class Model:
 def build_zoo(repo: Path, example_repo: Path) -> None:
     copy_model(example_repo, "digits", repo)
     write_python_model(repo, "doubler", batching=BATCHING)
-    write_python_model(repo, "batched", delay_ms=100, batching=BATCHING)
+    gated = write_python_model(repo, "batched", batching=BATCHING)
+    (gated / "1" / "model.py").write_text(GATED_MODEL)
+    toml = gated / "model.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            "options = { delay_ms = 0, fail = false }", 'options = { gate = "batched" }'
+        )
+    )
     write_python_model(repo, "slow", delay_ms=1500, timeout_ms=300)
     write_python_model(repo, "held", delay_ms=600)
     write_python_model(repo, "queued", delay_ms=600)

@@ -1,10 +1,16 @@
-"""The Batcher on its own, with plain functions as models."""
+"""The Batcher on its own, with plain functions as models.
+
+Ordering is made deterministic with events, never with sleeps: a model call
+signals when it has started (and blocks until released), and `settle` lets the
+event loop run until a condition holds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,9 +29,11 @@ class Recorder:
         self.calls: list[int] = []
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()
         self.fail = fail
 
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.entered.set()
         self.release.wait(5)
         self.calls.append(len(inputs["x"]))
         if self.fail:
@@ -43,6 +51,20 @@ def make(model: Recorder, **kwargs: Any) -> tuple[Batcher, ModelStats, ThreadPoo
         stats,
         executor,
     )
+
+
+async def busy(model: Recorder) -> None:
+    """Wait until the model is inside a call (which blocks while `release` is clear)."""
+    assert await asyncio.to_thread(model.entered.wait, 5), "the model was never called"
+
+
+async def settle(condition: Callable[[], bool]) -> None:
+    """Let the event loop run until `condition` holds (bounded)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
 
 
 def rows(*values: float) -> dict[str, Any]:
@@ -76,9 +98,9 @@ def test_requests_arriving_while_busy_form_the_next_batch() -> None:
     async def main() -> list[list[float]]:
         model.release.clear()
         first = asyncio.create_task(submit(batcher, 1))
-        await asyncio.sleep(0.05)  # the first batch is now running, blocked
+        await busy(model)  # the first batch is now running, blocked
         others = [asyncio.create_task(submit(batcher, v)) for v in (2, 3, 4)]
-        await asyncio.sleep(0.05)
+        await settle(lambda: batcher.queued_rows == 3)
         model.release.set()
         return [await first, *[await t for t in others]]
 
@@ -103,9 +125,9 @@ def test_queue_bound_sheds_load() -> None:
     async def main() -> list[object]:
         model.release.clear()
         running = asyncio.create_task(submit(batcher, 0))
-        await asyncio.sleep(0.05)
+        await busy(model)
         queued = [asyncio.create_task(submit(batcher, v)) for v in (1, 2)]
-        await asyncio.sleep(0)
+        await settle(lambda: batcher.queued_rows == 2)
         with pytest.raises(ResourceExhausted):
             await submit(batcher, 3)
         model.release.set()
@@ -123,9 +145,10 @@ def test_expired_request_is_dropped_not_run() -> None:
     async def main() -> None:
         model.release.clear()
         running = asyncio.create_task(submit(batcher, 1))
-        await asyncio.sleep(0.05)
-        expiring = asyncio.create_task(submit(batcher, 2, deadline=time.monotonic() + 0.01))
-        await asyncio.sleep(0.1)  # its deadline passes while the model is busy
+        await busy(model)
+        # Its deadline has passed by the time the busy model frees up.
+        expiring = asyncio.create_task(submit(batcher, 2, deadline=time.monotonic() - 1))
+        await settle(lambda: batcher.queued_rows == 1)
         model.release.set()
         assert await running == [2.0]
         with pytest.raises(InferenceTimeout):
@@ -183,9 +206,9 @@ def test_closed_batcher_refuses_and_fails_queued() -> None:
     async def main() -> None:
         model.release.clear()
         running = asyncio.create_task(submit(batcher, 1))
-        await asyncio.sleep(0.05)
+        await busy(model)
         queued = asyncio.create_task(submit(batcher, 2))
-        await asyncio.sleep(0)
+        await settle(lambda: batcher.queued_rows == 1)
         await batcher.close()
         model.release.set()
         for waiting in (running, queued):  # neither hangs
@@ -220,13 +243,13 @@ def test_callers_that_gave_up_free_their_queue_space() -> None:
     async def main() -> list[float]:
         model.release.clear()
         running = asyncio.create_task(submit(batcher, 0))
-        await asyncio.sleep(0.05)
+        await busy(model)
         for v in (1, 2):  # fill the queue with callers that give up quickly
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(submit(batcher, v), 0.01)
         assert batcher.queued_rows == 0
         fresh = asyncio.create_task(submit(batcher, 3))  # not refused: nobody is waiting
-        await asyncio.sleep(0)
+        await settle(lambda: batcher.queued_rows == 1)
         model.release.set()
         await running
         return await fresh
@@ -238,12 +261,14 @@ def test_callers_that_gave_up_free_their_queue_space() -> None:
 
 def test_batching_window_never_outlives_a_deadline() -> None:
     model = Recorder()
-    batcher, _, executor = make(model, max_batch_delay_s=0.5)
+    batcher, _, executor = make(model, max_batch_delay_s=60)
 
     async def main() -> list[float]:
-        return await submit(batcher, 7, deadline=time.monotonic() + 0.1)
+        # A window of a minute would outlive the 2 s deadline and drop the request;
+        # waiting for company may take at most half of the time it has left.
+        return await submit(batcher, 7, deadline=time.monotonic() + 2)
 
-    assert asyncio.run(main()) == [14.0]  # ran at its deadline's edge, not after the window
+    assert asyncio.run(main()) == [14.0]
     executor.shutdown()
 
 
@@ -270,11 +295,11 @@ def test_drain_finishes_accepted_requests_and_refuses_new_ones() -> None:
     async def main() -> list[list[float]]:
         model.release.clear()
         running = asyncio.create_task(submit(batcher, 1))
-        await asyncio.sleep(0.05)
+        await busy(model)
         queued = asyncio.create_task(submit(batcher, 2))
-        await asyncio.sleep(0)
+        await settle(lambda: batcher.queued_rows == 1)
         draining = asyncio.create_task(batcher.drain(5.0))
-        await asyncio.sleep(0.05)
+        await settle(lambda: batcher.draining)
         with pytest.raises(ModelNotReady):
             await submit(batcher, 3)
         model.release.set()
@@ -294,7 +319,9 @@ def test_drain_waits_for_requests_admitted_before_it() -> None:
     async def main() -> list[float]:
         admission = batcher.admit(1)
         draining = asyncio.create_task(batcher.drain(5.0))
-        await asyncio.sleep(0.05)
+        await settle(lambda: batcher.draining)
+        for _ in range(100):
+            await asyncio.sleep(0)
         assert not draining.done()  # held open by the admission
         with pytest.raises(ModelNotReady):
             batcher.admit(1)
@@ -312,7 +339,7 @@ def test_a_released_admission_ends_the_drain() -> None:
     async def main() -> None:
         admission = batcher.admit(2)
         draining = asyncio.create_task(batcher.drain(5.0))
-        await asyncio.sleep(0.05)
+        await settle(lambda: batcher.draining)
         admission.release()  # e.g. pre-processing failed
         await asyncio.wait_for(draining, 1)
         with pytest.raises(ModelNotReady):

@@ -127,6 +127,11 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def draining(self) -> bool:
+        """Whether new requests are refused (a drain or close has begun)."""
+        return self._closed
+
     def settings(self) -> BatchingInfo:
         return BatchingInfo(
             max_batch_size=self.max_batch_size,
