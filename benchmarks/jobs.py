@@ -76,8 +76,11 @@ def make_repository(root: Path) -> Path:
 
 
 class Server:
-    def __init__(self, settings: Settings, repo: Path, port: int) -> None:
+    def __init__(
+        self, settings: Settings, repo: Path, port: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         env = worker_environment(settings, repo, settings.database_url or "")
+        env.update(extra_env or {})
         env["MODELPLEX_WORKERS"] = "0"
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
@@ -100,8 +103,10 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def start_workers(settings: Settings, repo: Path, count: int) -> list[subprocess.Popen[bytes]]:
-    env = worker_environment(settings, repo, settings.database_url or "")
+def start_workers(
+    settings: Settings, repo: Path, count: int, extra_env: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    env = {**worker_environment(settings, repo, settings.database_url or ""), **(extra_env or {})}
     return [
         subprocess.Popen([sys.executable, "-m", "modelplex", "worker"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,8 +186,14 @@ async def created_to_last_finish(url: str) -> float:
 
 
 def measure_database(
-    name: str, url: str, repo: Path, root: Path, seconds: int
+    name: str,
+    url: str,
+    repo: Path,
+    root: Path,
+    seconds: int,
+    extra_env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
+    """`extra_env` reaches the server and worker processes (e.g. another source tree)."""
     body = root / "submit.json"
     body.write_text(json.dumps({"pipeline": "noop", "input": {"x": 1}}))
     rows = []
@@ -192,20 +203,20 @@ def measure_database(
             job_poll_s=0.05, job_retention_hours=24,
         )  # fmt: skip
         asyncio.run(reset(url))
-        server = Server(settings, repo, 18_500 + workers)
+        server = Server(settings, repo, 18_500 + workers, extra_env)
         try:
             # 1. Submissions alone (no worker running): latency at 50 concurrent submitters.
             submitted = submit_with_wrk(server.url, body, seconds)
             queued = submitted["requests"]
             # 2. Drain: the queued jobs, workers started afterwards.
-            pool = start_workers(settings, repo, workers)
+            pool = start_workers(settings, repo, workers, extra_env)
             wait_all_done(url, queued)
             stop_workers(pool)
             first, last = asyncio.run(first_claim_and_last_finish(url))
             drain = queued / (last - first)
             # 3. End to end: submitting and working at the same time.
             asyncio.run(reset(url))
-            pool = start_workers(settings, repo, workers)
+            pool = start_workers(settings, repo, workers, extra_env)
             time.sleep(3)  # workers load and start polling
             both = submit_with_wrk(server.url, body, seconds)
             wait_all_done(url, both["requests"])

@@ -26,6 +26,10 @@ router = APIRouter()
 JSON = "application/json"
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
 POLL_AFTER_S = "1"
+_SUBMIT_ERRORS = (
+    errors.InvalidInput, errors.NotFound, errors.ModelNotReady, errors.PayloadTooLarge,
+    errors.UnsupportedMediaType, errors.Unavailable,
+)  # fmt: skip
 _JOB_ERRORS = problem_responses(errors.InvalidInput, errors.NotFound, errors.Unavailable)
 
 
@@ -47,15 +51,7 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
     status_code=202,
     response_model=JobView,
     summary="Submit a job (model or pipeline); 202 with its Location",
-    responses=problem_responses(
-        errors.InvalidInput,
-        errors.NotFound,
-        errors.IdempotencyConflict,
-        errors.ModelNotReady,
-        errors.PayloadTooLarge,
-        errors.UnsupportedMediaType,
-        errors.Unavailable,
-    ),
+    responses=problem_responses(*_SUBMIT_ERRORS, errors.IdempotencyConflict),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -190,14 +186,7 @@ async def job_deliveries(request: Request, job_id: str) -> Response:
     status_code=202,
     response_model=BatchView,
     summary="Submit a JSONL file of inputs (one {custom_id, input} per line)",
-    responses=problem_responses(
-        errors.InvalidInput,
-        errors.NotFound,
-        errors.ModelNotReady,
-        errors.PayloadTooLarge,
-        errors.UnsupportedMediaType,
-        errors.Unavailable,
-    ),
+    responses=problem_responses(*_SUBMIT_ERRORS),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelplex.core.admission import Admission
 from modelplex.core.catalog import BatchingInfo
 from modelplex.core.stats import ModelStats
 from modelplex.core.tensors import Array
@@ -66,23 +67,6 @@ class _Pending:
     enqueued: float = field(default=0.0)
     counted: bool = True
     """Whether `rows` still count against the queue bound."""
-
-
-class Admission:
-    """Rows promised a place in the queue before their pre-processing starts, so a
-    flood is refused up front instead of piling up in front of the queue."""
-
-    __slots__ = ("_batcher", "active", "rows")
-
-    def __init__(self, batcher: Batcher, rows: int) -> None:
-        self._batcher = batcher
-        self.rows = rows
-        self.active = True
-
-    def release(self) -> None:
-        if self.active:
-            self.active = False
-            self._batcher._unreserve(self.rows)
 
 
 class Batcher:
@@ -152,7 +136,7 @@ class Batcher:
                 f"{self.max_queue_rows}); retry later"
             )
         self._reserved += rows
-        return Admission(self, rows)
+        return Admission(rows, self._unreserve)
 
     def _unreserve(self, rows: int) -> None:
         self._reserved -= rows

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -171,19 +171,28 @@ class ModelConfig(_Strict):
         return self.runtime_for(version).default_artifact
 
 
-def load_model_config(path: Path) -> ModelConfig:
-    """Parse and validate a `model.toml`, translating every failure to ModelLoadError."""
+C = TypeVar("C", bound=BaseModel)
+
+
+def read_toml_config(path: Path, schema: type[C], error: type[ModelLoadError]) -> C:
+    """A TOML file (model.toml, pipeline.toml) parsed and validated against `schema`;
+    every failure is an `error` that names the file and the problems."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelLoadError(f"{path.name} is missing") from None
+        raise error(f"{path.name} is missing") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path.name} is not valid TOML: {exc}") from exc
+        raise error(f"{path.name} is not valid TOML: {exc}") from exc
     try:
-        return ModelConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'model'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ModelLoadError(f"{path.name} is invalid: {problems}") from exc
+        raise error(f"{path.name} is invalid: {problems}") from exc
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Parse and validate a `model.toml`, translating every failure to ModelLoadError."""
+    return read_toml_config(path, ModelConfig, ModelLoadError)

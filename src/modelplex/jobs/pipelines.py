@@ -42,7 +42,6 @@ import importlib.util
 import logging
 import re
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,8 +49,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modelplex.core.model_config import read_toml_config
 from modelplex.core.tensors import Array
 from modelplex.errors import JobCancelled, PipelineLoadError, PipelineNotFound
 from modelplex.retry import Backoff
@@ -235,17 +235,7 @@ class PipelineRegistry:
 
 
 def _read_config(path: Path) -> PipelineConfig:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PipelineLoadError(f"{path.name} is not valid TOML: {exc}") from exc
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'pipeline'}: {e['msg']}" for e in exc.errors()
-        )
-        raise PipelineLoadError(f"{path.name} is invalid: {problems}") from exc
+    return read_toml_config(path, PipelineConfig, PipelineLoadError)
 
 
 def _import_steps(folder: Path, name: str) -> ModuleType:

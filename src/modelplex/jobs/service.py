@@ -21,7 +21,6 @@ from modelplex.errors import (
     PipelineNotReady,
 )
 from modelplex.jobs import requests
-from modelplex.jobs.control import STEP_EVENT
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
 from modelplex.jobs.webhooks import check_callback_url, event_payload
 from modelplex.records import Delivery, Job, JobKind, JobStatus, NewDelivery, NewJob
@@ -29,14 +28,16 @@ from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
 from modelplex.storage.interface import DuplicateKey, Store
 
-CALLBACK_EVENTS = frozenset({STEP_EVENT})
 MAX_METADATA_BYTES = 16 * 1024
-MAX_PRIORITY = 100
 INFERENCE_STEP = "inference"
 
 
 @dataclass
 class SubmitRequest:
+    """A job to create. Its fields' types and ranges (priority, callback events) are
+    the request envelope's (`api.bodies.JobSubmit`); the rules that need the
+    server's state (the target, the callback URL's address) are checked here."""
+
     kind: JobKind
     target: str
     input: Any = None
@@ -125,15 +126,7 @@ class JobService:
         return existing
 
     async def _validate(self, request: SubmitRequest) -> tuple[list[str], int]:
-        if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
-            raise InvalidInput(f"priority must be from {-MAX_PRIORITY} to {MAX_PRIORITY}")
         check_metadata(request.metadata)
-        unknown = sorted(set(request.callback_events) - CALLBACK_EVENTS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown callback_events {unknown}; completion, failure and cancellation "
-                f"are always sent; optional: {sorted(CALLBACK_EVENTS)}"
-            )
         if request.callback_url is not None:
             await check_callback_url(request.callback_url, self.settings.webhook_allow_private)
         elif request.callback_events:

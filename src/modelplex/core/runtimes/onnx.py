@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from modelplex.core.runtimes.base import RuntimeSpec
-from modelplex.core.tensors import Array, Datatype
+from modelplex.core.tensors import Array, Datatype, TensorSpec
 from modelplex.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,11 @@ class OnnxRuntime:
 
     def _check(self, spec: RuntimeSpec) -> None:
         """Refuse a signature that does not match the graph, at load rather than per request."""
-        graph_inputs = {i.name: i for i in self._session.get_inputs()}
-        for want in spec.inputs:
-            have = graph_inputs.get(want.name)
-            if have is None:
-                raise ModelLoadError(
-                    f"input '{want.name}' is not in the ONNX graph (it has {sorted(graph_inputs)})"
-                )
-            if _ONNX_TYPES.get(have.type) is not want.datatype:
-                raise ModelLoadError(
-                    f"input '{want.name}' is {have.type} in the ONNX graph, not {want.datatype}"
-                )
+        graph_inputs = _check_declared("input", spec.inputs, self._session.get_inputs())
         missing = set(graph_inputs) - {s.name for s in spec.inputs}
         if missing:
             raise ModelLoadError(f"ONNX graph inputs {sorted(missing)} are not declared")
-        graph_outputs = {o.name: o for o in self._session.get_outputs()}
-        for want in spec.outputs:
-            have = graph_outputs.get(want.name)
-            if have is None:
-                raise ModelLoadError(
-                    f"output '{want.name}' is not in the ONNX graph "
-                    f"(it has {sorted(graph_outputs)})"
-                )
-            if _ONNX_TYPES.get(have.type) is not want.datatype:
-                raise ModelLoadError(
-                    f"output '{want.name}' is {have.type} in the ONNX graph, not {want.datatype}"
-                )
+        _check_declared("output", spec.outputs, self._session.get_outputs())
 
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
         try:
@@ -99,3 +79,19 @@ class OnnxRuntime:
 
     def close(self) -> None:
         del self._session
+
+
+def _check_declared(kind: str, declared: tuple[TensorSpec, ...], graph: list[Any]) -> set[str]:
+    """Every declared tensor is in the graph with the same datatype; the graph's names."""
+    by_name = {node.name: node for node in graph}
+    for want in declared:
+        have = by_name.get(want.name)
+        if have is None:
+            raise ModelLoadError(
+                f"{kind} '{want.name}' is not in the ONNX graph (it has {sorted(by_name)})"
+            )
+        if _ONNX_TYPES.get(have.type) is not want.datatype:
+            raise ModelLoadError(
+                f"{kind} '{want.name}' is {have.type} in the ONNX graph, not {want.datatype}"
+            )
+    return set(by_name)
