@@ -91,15 +91,15 @@ def build(folder: Path, labels: list[str]) -> None:
 
 def _files(ctx: StepContext, data: Any) -> list[tuple[str, bytes]]:
     if not isinstance(data, dict):
-        raise StepError("INVALID_INPUT", "input must be an object with 'images' or an archive")
+        raise InvalidInput("input must be an object with 'images' or an archive")
     if "upload" in data:
         upload = data["upload"] if isinstance(data["upload"], dict) else {}
         return _unzip(ctx.read_upload(), str(upload.get("filename") or "upload"))
     images = data.get("images")
     if not isinstance(images, list) or not images:
-        raise StepError("INVALID_INPUT", "'images' must be a non-empty list")
+        raise InvalidInput("'images' must be a non-empty list")
     if len(images) > MAX_IMAGES:
-        raise StepError("INVALID_INPUT", f"at most {MAX_IMAGES} images per album")
+        raise InvalidInput(f"at most {MAX_IMAGES} images per album")
     files = []
     for i, item in enumerate(images):
         name, text = (item.get("name"), item.get("b64")) if isinstance(item, dict) else (None, item)
@@ -118,9 +118,9 @@ def _unzip(archive: bytes, filename: str) -> list[tuple[str, bytes]]:
         with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
             members = [m for m in zipped.infolist() if not m.is_dir() and not _hidden(m.filename)]
             if len(members) > MAX_IMAGES:
-                raise StepError("INVALID_INPUT", f"at most {MAX_IMAGES} images per album")
+                raise InvalidInput(f"at most {MAX_IMAGES} images per album")
             if sum(m.file_size for m in members) > 1024**3:
-                raise StepError("INVALID_INPUT", "the archive expands to more than 1 GiB")
+                raise InvalidInput("the archive expands to more than 1 GiB")
             return [(m.filename, zipped.read(m)) for m in sorted(members, key=lambda m: m.filename)]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
         raise StepError(
@@ -135,7 +135,7 @@ def _hidden(path: str) -> bool:
 def decode(ctx: StepContext, data: Any) -> dict[str, Any]:
     files = _files(ctx, data)
     if not files:
-        raise StepError("INVALID_INPUT", "the album has no images")
+        raise InvalidInput("the album has no images")
     preprocessor = ImagePreprocessor(PREPROCESSING, MAX_IMAGE_PIXELS)
     pixels = np.empty((len(files), 3, 224, 224), dtype=np.float32)
     thumbs = np.empty((len(files), THUMB - 1, THUMB), dtype=np.float32)
