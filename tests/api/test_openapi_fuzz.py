@@ -72,11 +72,10 @@ def fuzz_server(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
             """
         )
     )
+    # Private callback URLs allowed: no DNS look-ups of the fuzzer's made-up hosts.
     settings = settings_for(tmp_path_factory.mktemp("fuzz-state"), webhook_allow_private=True)
     server: RunningServer
     with start(settings, repo) as server:
-        import httpx
-
         with httpx.Client(base_url=server.url, timeout=30) as http:
             wait_ready(http)
         yield server.url
