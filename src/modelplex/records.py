@@ -86,6 +86,11 @@ class StepStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+def pending_steps(names: list[str]) -> list[dict[str, Any]]:
+    """A job's steps before any of them ran (at creation, and when a job is released)."""
+    return [{"name": name, "status": StepStatus.PENDING.value, "progress": 0.0} for name in names]
+
+
 @dataclass(frozen=True, slots=True)
 class JobError:
     """Why a job (or one step, or one batch line) failed, as its view shows it."""

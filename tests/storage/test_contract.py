@@ -329,6 +329,8 @@ async def test_release_hands_the_job_back_without_counting_the_attempt(
 ) -> None:
     job = await store.create(new_job())
     claimed = await claim_one(store)
+    running = [{"name": "inference", "status": "RUNNING", "progress": 0.5}]
+    assert await store.update_progress(claimed.lease, job.id, running, 0.5)
     clock.advance(3)
     assert await store.release(job.id, Lease("w2", claimed.attempts)) is None
     assert await store.release(job.id, Lease("w1", claimed.attempts - 1)) is None
@@ -338,6 +340,9 @@ async def test_release_hands_the_job_back_without_counting_the_attempt(
     assert released.attempts == 0
     assert (released.lease_owner, released.lease_expires_at) == (None, None)
     assert released.run_at == released.updated_at == clock()
+    # It will run from the start: a queued job shows no running step.
+    assert released.steps == [{"name": "inference", "status": "PENDING", "progress": 0.0}]
+    assert released.progress == 0.0
     assert await get(store, job.id) == released
     assert await store.release(job.id, claimed.lease) is None  # nobody holds it now
     again = await claim_one(store, "w2")

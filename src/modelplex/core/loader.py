@@ -22,6 +22,7 @@ from modelplex.core.runtimes.base import describe_failure
 from modelplex.core.served import ModelEntry, ServedVersion, VersionFailure
 from modelplex.core.stats import ModelStats
 from modelplex.core.tensors import TensorSpec
+from modelplex.core.user_code import module_name_for
 from modelplex.errors import ModelLoadError
 from modelplex.settings import Settings
 
@@ -113,7 +114,7 @@ class VersionLoader:
                 threads=config.onnx.intra_op_threads or self._settings.effective_inference_threads,
                 sklearn=config.sklearn,
                 python=config.python,
-                module_name=f"modelplex_user_model.{entry.name}.{version}",
+                module_name=module_name_for("model", entry.name, version),
             )
         )
         classifier = None

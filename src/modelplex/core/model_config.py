@@ -181,6 +181,8 @@ def read_toml_config(path: Path, schema: type[C], error: type[ModelLoadError]) -
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path.name} is missing") from None
+    except OSError as exc:  # unreadable (permissions, a directory of that name)
+        raise error(f"{path.name} cannot be read ({type(exc).__name__})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path.name} is not valid TOML: {exc}") from exc
     try:

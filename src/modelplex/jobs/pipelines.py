@@ -38,10 +38,8 @@ next attempt, up to the job's `max_attempts`.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -53,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelplex.core.model_config import read_toml_config
 from modelplex.core.tensors import Array
+from modelplex.core.user_code import import_user_module, module_name_for
 from modelplex.errors import JobCancelled, PipelineLoadError, PipelineNotFound
 from modelplex.retry import Backoff
 
@@ -239,18 +238,6 @@ def _read_config(path: Path) -> PipelineConfig:
 
 
 def _import_steps(folder: Path, name: str) -> ModuleType:
-    path = folder / STEPS_FILE
-    module_name = f"modelplex_pipeline_steps.{name}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise PipelineLoadError(f"{STEPS_FILE} not found")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        log.error("importing %s failed", path, exc_info=exc)
-        raise PipelineLoadError(
-            f"importing {STEPS_FILE} failed ({type(exc).__name__}; see the server log)"
-        ) from exc
-    sys.modules.pop(module_name, None)
-    return module
+    return import_user_module(
+        folder / STEPS_FILE, module_name_for("steps", name), PipelineLoadError
+    )

@@ -36,6 +36,7 @@ from modelplex.records import (
     NewDelivery,
     NewJob,
     allowed_sources,
+    pending_steps,
 )
 from modelplex.storage.interface import DuplicateKey, Store
 
@@ -85,7 +86,7 @@ def _new_job(job: NewJob, now: float, batch_id: str | None = None, index: int | 
         error=None, metadata=deepcopy(job.metadata), callback_url=job.callback_url,
         callback_events=list(job.callback_events), idempotency_key=job.idempotency_key,
         request_hash=job.request_hash, attempts=0, max_attempts=job.max_attempts, history=[],
-        steps=[{"name": name, "status": "PENDING", "progress": 0.0} for name in job.steps],
+        steps=pending_steps(job.steps),
         progress=0.0, cancel_requested=False, lease_owner=None, lease_expires_at=None,
         run_at=now, created_at=now, started_at=None, finished_at=None, updated_at=now,
         batch_id=batch_id, chunk_index=index,
@@ -244,7 +245,8 @@ class MemoryStore:
         if not _move(job, JobStatus.QUEUED, JOB_ALLOWED_FROM):
             return None
         job.attempts -= 1  # the attempt never ran to an outcome: it does not count
-        self._changed(job, {"run_at": now}, now)
+        steps = pending_steps([step["name"] for step in job.steps])  # it runs from the start
+        self._changed(job, {"run_at": now, "steps": steps, "progress": 0.0}, now)
         return deepcopy(job)
 
     async def update_progress(

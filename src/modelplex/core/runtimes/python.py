@@ -11,15 +11,14 @@ declared output, with as many rows as it was given.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from typing import Any
 
 import numpy as np
 
 from modelplex.core.runtimes.base import RuntimeSpec
 from modelplex.core.tensors import Array
+from modelplex.core.user_code import import_user_module
 from modelplex.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -27,17 +26,7 @@ log = logging.getLogger(__name__)
 
 class PythonRuntime:
     def __init__(self, spec: RuntimeSpec) -> None:
-        module_spec = importlib.util.spec_from_file_location(spec.module_name, spec.artifact)
-        if module_spec is None or module_spec.loader is None:
-            raise ModelLoadError(f"cannot import {spec.artifact.name}")
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            log.error("importing %s failed", spec.artifact, exc_info=exc)
-            raise ModelLoadError(
-                f"importing {spec.artifact.name} failed ({type(exc).__name__}; see the server log)"
-            ) from exc
+        module = import_user_module(spec.artifact, spec.module_name, ModelLoadError)
         cls = getattr(module, spec.python.class_name, None)
         if not isinstance(cls, type):
             raise ModelLoadError(f"{spec.artifact.name} has no class {spec.python.class_name}")
@@ -46,7 +35,7 @@ class PythonRuntime:
             load = getattr(self._model, "load", None)
             if callable(load):
                 load(spec.artifact.parent)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             log.error(
                 "%s in %s failed to load", spec.python.class_name, spec.artifact, exc_info=exc
             )
@@ -58,7 +47,6 @@ class PythonRuntime:
             raise ModelLoadError(f"{spec.python.class_name} has no predict(batch) method")
         self._module_name = spec.module_name
         self._dtypes = {out.name: out.datatype.numpy_dtype for out in spec.outputs}
-        sys.modules.pop(spec.module_name, None)
 
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
         result = self._model.predict(inputs)

@@ -15,6 +15,7 @@ from modelplex.records import (
     JobStatus,
     NewBatch,
     NewJob,
+    pending_steps,
 )
 
 
@@ -113,7 +114,7 @@ def new_job_row(
         "attempts": 0,
         "max_attempts": job.max_attempts,
         "history": [],
-        "steps": [{"name": s, "status": "PENDING", "progress": 0.0} for s in job.steps],
+        "steps": pending_steps(job.steps),
         "progress": 0.0,
         "cancel_requested": False,
         "run_at": now,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, false
+from sqlalchemy import bindparam, false, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +30,7 @@ from modelplex.records import (
     JobStatus,
     Lease,
     NewDelivery,
+    pending_steps,
 )
 from modelplex.storage.grouping import GroupCommit
 from modelplex.storage.sql.batches import BatchQueries
@@ -125,7 +126,15 @@ class TransitionQueries(BatchQueries, DeliveryQueries):
         ).returning(*jobs.c)  # fmt: skip
         async with self._tx() as conn:
             row = (await conn.execute(statement)).first()
-        return job_from_row(row) if row is not None else None
+            if row is None:
+                return None
+            # It will run from the start: no step of it is running any more.
+            steps = pending_steps([step["name"] for step in row._mapping["steps"] or []])
+            reset = (
+                update(jobs).where(jobs.c.id == job_id).values(steps=steps, progress=0.0)
+            ).returning(*jobs.c)
+            row = (await conn.execute(reset)).one()
+        return job_from_row(row)
 
     async def _flush_transitions(
         self, group: list[_Transition]
