@@ -128,9 +128,7 @@ def check() -> int:
     document = tomllib.loads(DECLARED.read_text())
     declarations = [("openapi", d) for d in document.get("openapi", [])]
     declarations += [("proto", d) for d in document.get("proto", [])]
-    undeclared = [
-        f for f in findings if not any(matches(d, f, name) for name, d in declarations)
-    ]
+    undeclared = [f for f in findings if not any(matches(d, f, name) for name, d in declarations)]
     stale = [d for name, d in declarations if not any(matches(d, f, name) for f in findings)]
     for finding in findings:
         print(("  declared  " if finding not in undeclared else "  BREAKING  ") + str(finding))

@@ -6,8 +6,8 @@ bash scripts/setup.sh
 bash scripts/services.sh
 # Build the example models once (cached outside the checkout) before the tests use them.
 .venv/bin/modelplex examples build
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy
 .venv/bin/pytest "$@"
 # The API contracts: fail on a breaking change to the OpenAPI document or the

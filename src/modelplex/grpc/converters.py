@@ -30,6 +30,17 @@ _CONTENTS = {
 }
 
 
+_FIELD_DTYPES = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
 def parameter_value(parameter: pb.InferParameter) -> Any:
     choice = parameter.WhichOneof("parameter_choice")
     return getattr(parameter, choice) if choice else None
@@ -80,7 +91,10 @@ def _from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return codec.reshape(array, shape, what)
-    return codec.reshape(cast_checked(np.asarray(values), datatype, what), shape, what)
+    # The field's own type, not numpy's guess: uint64 values on both sides of 2**63
+    # would otherwise become float64 and be refused as non-integers.
+    raw = np.asarray(values, dtype=_FIELD_DTYPES[field])
+    return codec.reshape(cast_checked(raw, datatype, what), shape, what)
 
 
 def infer_response(response: V2Response) -> pb.ModelInferResponse:
