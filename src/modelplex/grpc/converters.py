@@ -93,7 +93,7 @@ def _from_contents(
         return codec.reshape(array, shape, what)
     # The field's own type, not numpy's guess: uint64 values on both sides of 2**63
     # would otherwise become float64 and be refused as non-integers.
-    raw = np.asarray(values, dtype=_FIELD_DTYPES[field])
+    raw: Array = np.asarray(values, dtype=_FIELD_DTYPES[field])
     return codec.reshape(cast_checked(raw, datatype, what), shape, what)
 
 
