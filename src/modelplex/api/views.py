@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelplex.core.catalog import ModelInfo
-from modelplex.records import Batch, Delivery, Job, JobKind, JobStatus
+from modelplex.records import Batch, Delivery, DeliveryStatus, Job, JobKind, JobStatus
 
 
 def model_summary(model: ModelInfo) -> dict[str, Any]:
@@ -96,13 +96,16 @@ def job_view(job: Job) -> dict[str, Any]:
 
 
 def delivery_view(delivery: Delivery) -> dict[str, Any]:
+    pending = delivery.status is DeliveryStatus.PENDING
     return {
         "id": delivery.id,
         "event": delivery.event,
         "url": delivery.url,
         "status": delivery.status.value,
         "created_at": iso(delivery.created_at),
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "PENDING" else None,
+        "next_attempt_at": iso(delivery.next_attempt_at)
+        if delivery.status is DeliveryStatus.PENDING
+        else None,
         "attempts": [{**a, "at": iso(a.get("at"))} for a in delivery.attempts],
     }
 

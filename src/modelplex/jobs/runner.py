@@ -23,7 +23,7 @@ from modelplex.jobs import requests
 from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome, StepFailure
 from modelplex.jobs.pipelines import Pipeline, PipelineRegistry, PipelineState
 from modelplex.jobs.steps import PipelineRun
-from modelplex.records import Job, JobError, JobKind, StepStatus
+from modelplex.records import Job, JobError, JobKind, StepStatus, pending_steps
 from modelplex.retry import Backoff
 from modelplex.storage.blobs import BlobStore
 
@@ -165,7 +165,7 @@ class JobRunner:
                 raise JobCancelled()
             # Each line runs the pipeline on its own; its steps are not the chunk's.
             scratch = JobControl(job, cancel=control.cancel)
-            scratch.steps = [{"name": s, "status": "PENDING"} for s in pipeline.step_names]
+            scratch.steps = pending_steps(pipeline.step_names)
             try:
                 output = await PipelineRun(self, pipeline, scratch).run(item["input"])
                 results.append({"custom_id": item["custom_id"], "output": output})
