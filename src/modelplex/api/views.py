@@ -103,9 +103,7 @@ def delivery_view(delivery: Delivery) -> dict[str, Any]:
         "url": delivery.url,
         "status": delivery.status.value,
         "created_at": iso(delivery.created_at),
-        "next_attempt_at": iso(delivery.next_attempt_at)
-        if delivery.status is DeliveryStatus.PENDING
-        else None,
+        "next_attempt_at": iso(delivery.next_attempt_at) if pending else None,
         "attempts": [{**a, "at": iso(a.get("at"))} for a in delivery.attempts],
     }
 
