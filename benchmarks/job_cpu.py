@@ -4,8 +4,9 @@
 
 Throughput on a small shared machine drifts by a fifth between runs; the CPU
 a process spends per operation drifts much less, so this is the comparison to
-trust for a refactoring of the job path. SQLite, no embedded workers; each run
-measures the base tree, then this checkout:
+trust for a refactoring of the job path. SQLite (the drain on any migrated
+database with `--drain-database`), no embedded workers; each run measures the
+base tree, then this checkout:
 * submit: wrk with 50 connections POSTs a one-step pipeline job for 8 s;
   server CPU (whole process tree) per accepted job;
 * drain: one `modelplex worker` (concurrency 64) runs the queued jobs; its CPU
@@ -51,8 +52,7 @@ def submit_cpu(repo: Path, root: Path, body: Path, label: str, env: dict[str, st
     return point.server_cpu_us_per_req
 
 
-def drain_cpu(repo: Path, root: Path, body: Path, env: dict[str, str]) -> float:
-    url = f"sqlite+aiosqlite:///{root / 'drain.db'}"
+def drain_cpu(repo: Path, root: Path, body: Path, env: dict[str, str], url: str) -> float:
     settings = Settings(
         database_url=url, data_dir=root / "data", workers=0, worker_concurrency=64,
         job_poll_s=0.05,
@@ -83,6 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-src", required=True, type=Path)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--drain-database",
+        default=None,
+        help="a migrated, expendable job database (default: SQLite)",
+    )
     args = parser.parse_args()
     trees = {"before": {"PYTHONPATH": str(args.base_src.resolve())}, "after": {}}
     results: dict[str, dict[str, list[float]]] = {t: {"submit": [], "drain": []} for t in trees}
@@ -94,7 +99,8 @@ def main() -> None:
         for run in range(1, args.runs + 1):
             for label, env in trees.items():
                 submit = submit_cpu(repo, root, body, f"{label}-{run}", env)
-                drain = drain_cpu(repo, root, body, env)
+                url = args.drain_database or f"sqlite+aiosqlite:///{root / 'drain.db'}"
+                drain = drain_cpu(repo, root, body, env, url)
                 results[label]["submit"].append(submit)
                 results[label]["drain"].append(drain)
                 print(f"run {run} {label:6} submit {submit:6.0f} us/job  drain {drain:6.0f} us/job",
