@@ -29,6 +29,7 @@ from modelplex.core.instances import (
     predictions_json,
 )
 from modelplex.core.types import InferenceRequest, InferenceResult
+from modelplex.core.validation import check
 from modelplex.errors import InvalidInput
 from modelplex.settings import Settings
 
@@ -177,7 +178,8 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         outputs=outputs,
     )
     inference.timings.decode_s = time.perf_counter() - decode_start
-    result = await dataplane.infer(inference)
+    # The version was resolved to decode the body: check against it, not a second lookup.
+    result = await dataplane.execute(check(served, inference))
     predictions = predictions_json(result, options.top_k)
     return _prediction_response(request, result, predictions, detail, arrived)
 

@@ -12,7 +12,7 @@ import orjson
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.instances import parse_predict_json
 from modelplex.core.types import InferenceRequest
-from modelplex.core.validation import CheckedRequest
+from modelplex.core.validation import CheckedRequest, check
 from modelplex.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -159,7 +159,7 @@ class JobService:
             top_k=body.top_k,
             outputs=body.outputs,
         )
-        return self.dataplane.check(inference)
+        return check(served, inference)
 
     async def _store_input(
         self, request: SubmitRequest, checked: CheckedRequest | None
