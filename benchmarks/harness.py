@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -86,12 +87,21 @@ class Server:
     """A server process, started and stopped by PID, with peak-RSS sampling."""
 
     def __init__(
-        self, name: str, command: list[str], url: str, ready_path: str, env: dict[str, str]
+        self,
+        name: str,
+        command: list[str],
+        url: str,
+        ready_path: str,
+        env: dict[str, str],
+        cwd: Path | None = None,
+        log: Path | None = None,
     ):
         self.name = name
         self.url = url
+        self.grpc_target = ""  # "host:port" where the server also speaks gRPC
+        output = log.open("wb") if log else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, env={**os.environ, **env}, stdout=output, stderr=output, cwd=cwd
         )
         deadline = time.monotonic() + 120
         while True:
@@ -162,6 +172,21 @@ def wrk(url: str, body: Path, content_type: str, header: str = "") -> Load:
             env={**os.environ, "WRK_BODY": str(body), "WRK_CTYPE": content_type,
                  "WRK_HEADER": header},
             capture_output=True, text=True, timeout=seconds + 60, check=True,
+        )  # fmt: skip
+        return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    return run
+
+
+def grpc_load(target: str, body: Path) -> Load:
+    """Calls of the serialized ModelInferRequest in `body` by `benchmarks.grpc_load`
+    (grpc.aio, in a process of its own) against `target` ("host:port")."""
+
+    def run(concurrency: int, seconds: float) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.grpc_load", target, str(body),
+             "-c", str(concurrency), "-d", str(max(1.0, seconds))],
+            capture_output=True, text=True, timeout=seconds + 60, check=True, cwd=HERE.parent,
         )  # fmt: skip
         return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 

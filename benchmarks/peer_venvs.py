@@ -1,0 +1,60 @@
+"""The peers' own virtual environments, installed from PyPI and reused when present.
+
+Each peer gets a venv under ~/.cache/modelplex/bench-venvs/<name>, made with the
+Python that runs the benchmark, so the joblib files load with the same
+scikit-learn (and numpy) release that wrote them. A venv counts as ready when
+its marker file lists the same requirements as asked; otherwise it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path.home() / ".cache" / "modelplex" / "bench-venvs"
+
+
+def _same_as_ours(*names: str) -> list[str]:
+    """Pins to the versions installed beside modelplex: the joblib files need them."""
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def requirements() -> dict[str, list[list[str]]]:
+    """Per peer, the pip installs to run in order (one list per `pip install`)."""
+    ours = _same_as_ours("scikit-learn", "numpy", "joblib")
+    return {
+        "mlserver": [["mlserver==1.7.1", "mlserver-sklearn==1.7.1", *ours]],
+        # LitServe 0.2.19 asks for no torch (fastapi, pyzmq, uvicorn only), so none is
+        # installed, and no CUDA build can come in behind it.
+        "litserve": [["litserve==0.2.19", *ours]],
+        "fastapi": [["fastapi", "uvicorn[standard]", *ours]],
+    }
+
+
+def python(name: str) -> Path:
+    return ROOT / name / "bin" / "python"
+
+
+def ensure(name: str) -> Path:
+    """The peer's venv python, installing the venv first when missing or stale."""
+    steps = requirements()[name]
+    venv = ROOT / name
+    marker = venv / ".modelplex-bench"
+    wanted = "\n".join(" ".join(step) for step in steps)
+    if marker.exists() and marker.read_text() == wanted and python(name).exists():
+        return python(name)
+    print(f"  installing {name} into {venv} (once)", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    for step in steps:
+        subprocess.run(
+            [str(python(name)), "-m", "pip", "install", "--quiet", *step],
+            check=True,
+            timeout=1800,
+        )
+    marker.write_text(wanted)
+    return python(name)
