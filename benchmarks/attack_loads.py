@@ -97,7 +97,8 @@ def json_predict(url: str, max_bytes: int) -> Attack:
 
 
 def image_batch(url: str, start: int, side: int) -> Attack:
-    photo = Image.fromarray(skimage.data.chelsea())  # type: ignore[no-untyped-call].convert("RGB").resize((side, side))
+    cat = skimage.data.chelsea()  # type: ignore[no-untyped-call]
+    photo = Image.fromarray(cat).convert("RGB").resize((side, side))
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     jpeg = bytes_element(buffer.getvalue())
