@@ -42,7 +42,8 @@ GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 def jpeg_224() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(skimage.data.chelsea()).resize((224, 224)).save(buffer, "JPEG", quality=90)
+    cat = skimage.data.chelsea()  # type: ignore[no-untyped-call]
+    Image.fromarray(cat).resize((224, 224)).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -50,7 +51,7 @@ def grpc_request(model: str, name: str, datatype: str, shape: list[int], raw: by
     request = service_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name=name, datatype=datatype, shape=shape)
     request.raw_input_contents.append(raw)
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 def grpc_frame(message: bytes) -> bytes:

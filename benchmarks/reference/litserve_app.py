@@ -10,11 +10,11 @@ import os
 from typing import Any
 
 import joblib
-import litserve as ls
+import litserve as ls  # type: ignore[import-not-found]  # installed in its own venv only
 import numpy as np
 
 
-class JoblibAPI(ls.LitAPI):
+class JoblibAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
         self.model = joblib.load(os.environ["BENCH_JOBLIB"])
 
