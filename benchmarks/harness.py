@@ -99,6 +99,7 @@ class Server:
         self.name = name
         self.url = url
         self.grpc_target = ""  # "host:port" where the server also speaks gRPC
+        self.log = log
         output = log.open("wb") if log else subprocess.DEVNULL
         self.process = subprocess.Popen(
             command, env={**os.environ, **env}, stdout=output, stderr=output, cwd=cwd
@@ -106,7 +107,7 @@ class Server:
         deadline = time.monotonic() + 120
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.process.returncode}")
+                raise RuntimeError(f"{name} exited with {self.process.returncode}{self._tail()}")
             try:
                 if httpx.get(url + ready_path, timeout=1).status_code == 200:
                     break
@@ -120,6 +121,12 @@ class Server:
         self._sampling = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
+
+    def _tail(self) -> str:
+        if not self.log or not self.log.exists():
+            return ""
+        lines = self.log.read_text(errors="replace").splitlines()[-15:]
+        return "; its log ends:\n" + "\n".join(lines)
 
     def _sample(self) -> None:
         while not self._sampling.wait(0.25):

@@ -26,7 +26,9 @@ def requirements() -> dict[str, list[list[str]]]:
     """Per peer, the pip installs to run in order (one list per `pip install`)."""
     ours = _same_as_ours("scikit-learn", "numpy", "joblib")
     return {
-        "mlserver": [["mlserver==1.7.1", "mlserver-sklearn==1.7.1", *ours]],
+        # uvloop 0.21, the release of MLServer 1.7.1's time: its parallel workers call
+        # asyncio.get_event_loop() outside a loop, which newer uvloop refuses.
+        "mlserver": [["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0", *ours]],
         # LitServe 0.2.19 asks for no torch (fastapi, pyzmq, uvicorn only), so none is
         # installed, and no CUDA build can come in behind it.
         "litserve": [["litserve==0.2.19", *ours]],
@@ -52,7 +54,7 @@ def ensure(name: str) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     for step in steps:
         subprocess.run(
-            [str(python(name)), "-m", "pip", "install", "--quiet", *step],
+            [str(python(name)), "-m", "pip", "install", "-qq", *step],
             check=True,
             timeout=1800,
         )
