@@ -1,10 +1,11 @@
 """The heaviest legal request of each route, and threads that send it in a loop.
 
 Sizes start at the server's limits (`Settings`) and are halved while the server
-refuses them with a 4xx (or gRPC's RESOURCE_EXHAUSTED / INVALID_ARGUMENT), so
-each attack sends the largest request the server accepts, whatever limits it
-has at the time. Each `Attack` runs its request in `streams` threads until
-stopped, and counts the answers by status.
+refuses them (any answer but 200, any gRPC error: a body limit, an element
+limit or a queue of rows too short for the request), then bisected, so each
+attack sends about the largest request the server accepts, whatever limits it
+has at the time. Each `Attack` runs its request in `streams` threads (one by
+default: one client looping) until stopped, and counts the answers by status.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Attack:
     name: str
     size: str  # what was sent, for the report
     send: Send
-    streams: int = 2
+    streams: int = 1
     statuses: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -64,16 +65,29 @@ class Attack:
 
 
 def _largest(
-    build: Callable[[int], Any], accepted: Callable[[Any], bool], start: int
+    build: Callable[[int], Any], accepted: Callable[[Any], bool], start: int, refine: int = 3
 ) -> tuple[int, Any]:
-    """The largest n (start, start/2, ...) whose request `accepted`."""
+    """The largest n accepted: halving from `start`, then `refine` bisection steps
+    between the first accepted n and the refused 2n."""
     n = start
     while n > 1:
         request = build(n)
         if accepted(request):
-            return n, request
+            break
         n //= 2
-    return 1, build(1)
+    else:
+        return 1, build(1)
+    low, high = n, min(start + 1, 2 * n)
+    for _ in range(refine):
+        middle = (low + high) // 2
+        if middle == low:
+            break
+        candidate = build(middle)
+        if accepted(candidate):
+            low, request = middle, candidate
+        else:
+            high = middle
+    return low, request
 
 
 def json_predict(url: str, max_bytes: int) -> Attack:
@@ -141,7 +155,7 @@ def album_job(images: int, side: int) -> Attack:
         return "cut off"
 
     size = f"zip of {images} JPEG photos, {side} px long side ({len(archive) / 2**20:.1f} MiB)"
-    return Attack("album zip job", size, send, streams=1)
+    return Attack("album zip job", size, send)
 
 
 def batch_file(lines: int) -> Attack:
@@ -166,7 +180,7 @@ def batch_file(lines: int) -> Attack:
         return "cut off"
 
     size = f"{lines:,} lines on digits ({len(content) / 2**20:.1f} MiB)"
-    return Attack("batch file", size, send, streams=1)
+    return Attack("batch file", size, send)
 
 
 def grpc_tensor(target: str, max_bytes: int) -> Attack:
