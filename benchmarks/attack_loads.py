@@ -65,7 +65,7 @@ class Attack:
 
 
 def _largest(
-    build: Callable[[int], Any], accepted: Callable[[Any], bool], start: int, refine: int = 3
+    build: Callable[[int], Any], accepted: Callable[[Any], bool], start: int, refine: int = 5
 ) -> tuple[int, Any]:
     """The largest n accepted: halving from `start`, then `refine` bisection steps
     between the first accepted n and the refused 2n."""
