@@ -8,6 +8,7 @@ its marker file lists the same requirements as asked; otherwise it is rebuilt.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,26 @@ def ensure(name: str) -> Path:
         )
     marker.write_text(wanted)
     return python(name)
+
+
+def versions() -> dict[str, dict[str, str]]:
+    """The installed releases in each ready venv, for the report."""
+    script = (
+        "import json, importlib.metadata as m\n"
+        "names = ['mlserver', 'mlserver-sklearn', 'litserve', 'fastapi', 'uvicorn', 'uvloop',"
+        " 'scikit-learn', 'numpy']\n"
+        "found = {}\n"
+        "for n in names:\n"
+        "    try: found[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(found))"
+    )
+    found = {}
+    for name in requirements():
+        if python(name).exists():
+            result = subprocess.run(
+                [str(python(name)), "-c", script], capture_output=True, text=True, timeout=60
+            )
+            if result.returncode == 0:
+                found[name] = json.loads(result.stdout)
+    return found

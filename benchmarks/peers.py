@@ -26,7 +26,7 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2
 
-from benchmarks import harness, peer_extras, peer_models
+from benchmarks import harness, peer_extras, peer_models, peer_venvs
 from benchmarks.harness import Point, measure
 from benchmarks.peer_servers import Candidate, Work, candidates
 from benchmarks.peer_targets import ratio_table, ratios
@@ -157,6 +157,7 @@ def main() -> None:
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu,
+        "peer_versions": peer_venvs.versions(),
         "args": vars(args),
         "points": [p.as_dict() for p in points],
         "extras": {**more, "image": more["image"].as_dict()} if more else None,
