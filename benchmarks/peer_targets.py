@@ -47,7 +47,10 @@ def _rps(
 
 def _cpu(points: list[Point], server: str, workload: str) -> tuple[float, str] | None:
     for p in points:
-        if p.server == server and p.workload == workload and p.concurrency == 1 and p.errors == 0:
+        if (
+            p.server == server and p.workload == workload and p.concurrency == 1
+            and p.errors == 0 and p.rps > 0
+        ):  # fmt: skip
             return p.server_cpu_us_per_req, p.server
     return None
 
@@ -108,6 +111,7 @@ def ratios(points: list[Point], extras: dict[str, Any] | None) -> list[Ratio]:
     ]  # fmt: skip
     if extras:
         idle, image, loop = extras["idle"], extras["image"], extras["image_loop"]
+        served = image.rps > 0 and image.errors == 0  # else its CPU per image means nothing
         found += [
             _ratio(f"idle with embedded worker, cores over {idle['window_s']:.0f} s",
                    (idle["cores"], "modelplex"), (0.01, "target 0.01 core"), 1,
@@ -116,11 +120,12 @@ def ratios(points: list[Point], extras: dict[str, Any] | None) -> list[Ratio]:
                    (idle["rss_mb"], "modelplex"), (300.0, "target 300 MiB"), 1,
                    unit="MiB", at_most=True),
             _ratio("image classify c=32, CPU per image vs in-process batch-32",
-                   (image.server_cpu_us_per_req, "modelplex"),
+                   (image.server_cpu_us_per_req, "modelplex") if served else None,
                    (loop["cpu_us_per_image"], "in-process loop"), 1.15,
                    unit="us/image", at_most=True),
             _ratio("image classify c=32, images/s vs in-process batch-32",
-                   (image.rps, "modelplex"), (loop["images_per_s"], "in-process loop"), 0.85,
+                   (image.rps, "modelplex") if served else None,
+                   (loop["images_per_s"], "in-process loop"), 0.85,
                    unit="images/s"),
         ]  # fmt: skip
     return found
