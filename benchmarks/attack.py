@@ -77,9 +77,7 @@ def attacks(
     }
 
 
-def under_attack(
-    bench: Bench, base: Point, name: str, build: Callable[[], attack_loads.Attack]
-) -> tuple[list[Row], Row]:
+def under_attack(bench: Bench, name: str, build: Callable[[], attack_loads.Attack]) -> Row:
     print(f"attack {name}: preparing", flush=True)
     attack = build()
     attack.start(bench.server.url)
@@ -102,33 +100,50 @@ def under_attack(
         f"/healthz p99 {health.p99():.1f} ms, RSS max {rss.max_mib:.0f} MiB",
         flush=True,
     )
-    label = f"{attack.name} ({attack.size})"
+    time.sleep(2)  # let cancelled work drain before the next attack
+    return record
+
+
+def attack_rows(name: str, record: Row, base_rps: float, base_p99: float) -> list[Row]:
+    """The targets of one attack, against the unloaded figures (best of before and after)."""
+    label = f"{record['attack']} ({record['size']})"
+    health_p99, rss_max = record["healthz_p99_ms"], record["rss_max_mib"]
+    rps, p99 = record["digits"]["rps"], record["digits"]["p99_ms"]
     rows = [
         row(
             f"{label}: /healthz p99 < 50 ms",
-            f"{health.p99():.1f} ms ({record['healthz_failed']} failed)",
-            health.p99() < 50 and not record["healthz_failed"],
+            f"{health_p99:.1f} ms ({record['healthz_failed']} failed)",
+            health_p99 < 50 and not record["healthz_failed"],
         ),
         row(
             f"{label}: digits >= 0.5x unloaded",
-            f"{point.rps:,.0f} req/s = {point.rps / base.rps:.2f}x",
-            point.rps >= 0.5 * base.rps,
+            f"{rps:,.0f} req/s = {rps / base_rps:.2f}x of {base_rps:,.0f}",
+            rps >= 0.5 * base_rps,
         ),
-        row(f"{label}: server RSS < 1 GiB", f"{rss.max_mib:.0f} MiB", rss.max_mib < RSS_LIMIT_MIB),
+        row(f"{label}: server RSS < 1 GiB", f"{rss_max:.0f} MiB", rss_max < RSS_LIMIT_MIB),
     ]
     if name == "batch":
-        ratio = point.p99_ms / base.p99_ms
+        ratio = p99 / base_p99
         rows.append(
             row(
                 "sync digits p99 during the batch <= 1.5x unloaded",
-                f"{point.p99_ms:.1f} ms vs {base.p99_ms:.1f} ms = {ratio:.2f}x",
+                f"{p99:.1f} ms vs {base_p99:.1f} ms = {ratio:.2f}x",
                 ratio <= 1.5,
             )
         )
-    if not sum(attack.statuses.values()):
+    if not sum(record["statuses"].values()):
         rows.append(row(f"{label}: the attack itself ran", "no request finished", False))
-    time.sleep(2)  # let cancelled work drain before the next attack
-    return rows, record
+    return rows
+
+
+def unloaded(bench: Bench, when: str) -> Row:
+    point, health, rss = bench.window(f"digits unloaded ({when})")
+    print(
+        f"unloaded ({when}): digits {point.rps:,.0f} req/s p99 {point.p99_ms:.1f} ms, "
+        f"/healthz p99 {health.p99():.1f} ms",
+        flush=True,
+    )
+    return {"digits": point.as_dict(), "healthz_p99_ms": health.p99(), "rss_max_mib": rss.max_mib}
 
 
 def overload(bench: Bench) -> tuple[list[Row], Row]:
@@ -241,21 +256,18 @@ def main() -> None:
         server.grpc_target = f"127.0.0.1:{grpc_port}"
         try:
             bench = Bench(server, write_bodies(folder)["v1"], args)
-            base, health, rss = bench.window("digits unloaded")
-            records["unloaded"] = {
-                "digits": base.as_dict(),
-                "healthz_p99_ms": health.p99(),
-                "rss_max_mib": rss.max_mib,
-            }
-            print(
-                f"unloaded: digits {base.rps:,.0f} req/s p99 {base.p99_ms:.1f} ms, "
-                f"/healthz p99 {health.p99():.1f} ms",
-                flush=True,
-            )
+            before = unloaded(bench, "before")
             for name, build in attacks(bench, settings, args).items():
                 if args.only in (None, name):
-                    found, records[name] = under_attack(bench, base, name, build)
-                    rows += found
+                    records[name] = under_attack(bench, name, build)
+            after = unloaded(bench, "after")
+            records["unloaded"] = {"before": before, "after": after}
+            # The stricter pair: the machine is shared, and either window may be the slow one.
+            base_rps = max(before["digits"]["rps"], after["digits"]["rps"])
+            base_p99 = min(before["digits"]["p99_ms"], after["digits"]["p99_ms"])
+            for name, record in records.items():
+                if name != "unloaded":
+                    rows += attack_rows(name, record, base_rps, base_p99)
             if args.only in (None, "overload"):
                 found, records["overload"] = overload(bench)
                 rows += found
