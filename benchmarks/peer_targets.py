@@ -59,7 +59,7 @@ def _ratio(
     workload: str,
     mine: tuple[float, str] | None,
     theirs: tuple[float, str] | None,
-    target: float,
+    target: float | None,
     *,
     unit: str = "req/s",
     at_most: bool = False,
@@ -72,9 +72,9 @@ def _ratio(
         reference=theirs[0] if theirs else None,
         reference_name=theirs[1] if theirs else "missing",
         unit=unit,
-        target=f"{'<=' if at_most else '>='} {target}x",
+        target="none stated" if target is None else f"{'<=' if at_most else '>='} {target}x",
         ratio=value,
-        met=None if value is None else compare(value, target),
+        met=None if value is None or target is None else compare(value, target),
     )
 
 
@@ -97,9 +97,9 @@ def ratios(points: list[Point], extras: dict[str, Any] | None) -> list[Ratio]:
                _cpu(points, "modelplex", "LR default /v1"),
                _cpu(points, "fastapi-1w", "LR default /v1"), 1, unit="us/req", at_most=True),
         _ratio("LR batch64, c=64, vs MLServer best", mp("LR batch64"),
-               _rps(points, "mlserver", "LR"), 2),
+               _rps(points, "mlserver", "LR"), None),
         _ratio("LR batch64, c=64, vs LitServe best", mp("LR batch64"),
-               _rps(points, "litserve", "LR"), 2),
+               _rps(points, "litserve", "LR"), None),
         _ratio("RF batch, c=64, vs LitServe batching", mp("RF batch"),
                _rps(points, "litserve", "RF batch"), 1.5),
         _ratio("RF batch, c=64, vs MLServer adaptive batching", mp("RF batch"),
@@ -147,7 +147,10 @@ def ratio_table(found: list[Ratio]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in found:
-        met = "missing" if r.met is None else ("yes" if r.met else "**no**")
+        if r.target == "none stated":
+            met = "(shown only)"
+        else:
+            met = "missing" if r.met is None else ("yes" if r.met else "**no**")
         ratio = "missing" if r.ratio is None else f"{r.ratio:.2f}x"
         lines.append(
             f"| {r.workload} | {_unit(r.modelplex, r.unit)} | {_num(r.reference)} "
