@@ -33,7 +33,8 @@ def requirements() -> dict[str, list[list[str]]]:
         # LitServe 0.2.19 asks for no torch (fastapi, pyzmq, uvicorn only), so none is
         # installed, and no CUDA build can come in behind it.
         "litserve": [["litserve==0.2.19", *ours]],
-        "fastapi": [["fastapi", "uvicorn[standard]", *ours]],
+        # The hand-written app runs on the same HTTP stack releases as modelplex.
+        "fastapi": [[*_same_as_ours("fastapi"), f"uvicorn[standard]=={version('uvicorn')}", *ours]],
     }
 
 
