@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import AsyncIterable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from modelplex.errors import BlobNotFound, StoreUnavailable
 from modelplex.ids import new_id
@@ -22,6 +23,11 @@ _KEY = re.compile(r"blob_[0-9a-z]{26}")
 class BlobStore(Protocol):
     async def put(self, data: bytes) -> str:
         """Store `data`; return its reference."""
+        ...
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> str:
+        """Store the concatenated `chunks` (a large upload, never whole in memory);
+        return its reference. Nothing is stored if `chunks` raises."""
         ...
 
     async def get(self, ref: str) -> bytes: ...
@@ -51,6 +57,26 @@ class LocalBlobStore:
             raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
         return ref
 
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> str:
+        ref = self.PREFIX + new_id("blob")
+        path = self._path(ref)
+        partial = path.with_suffix(".partial")
+        try:
+            file = await asyncio.to_thread(_create, partial)
+            try:
+                async for chunk in chunks:
+                    await asyncio.to_thread(file.write, chunk)
+            finally:
+                await asyncio.to_thread(file.close)
+            await asyncio.to_thread(os.replace, partial, path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)  # one quick call, even when cancelled
+            if isinstance(exc, OSError):
+                raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
+            raise
+        return ref
+
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,3 +96,8 @@ class LocalBlobStore:
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):
             await asyncio.to_thread(self._path(ref).unlink)
+
+
+def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
