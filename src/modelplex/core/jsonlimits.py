@@ -97,7 +97,7 @@ def check(data: bytes, limits: JsonLimits, what: str = "the body") -> None:
     shape = scan(data)
     if shape.depth > limits.max_depth:
         raise InvalidInput(
-            f"{what} nests deeper than {limits.max_depth} levels of arrays and objects"
+            f"{what} is nested deeper than {limits.max_depth} levels of arrays and objects"
         )
     if shape.elements > limits.max_elements:
         raise InvalidInput(

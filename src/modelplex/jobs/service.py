@@ -160,6 +160,9 @@ class JobService:
         try:
             return await self.store.create(new), True
         except DuplicateKey as duplicate:  # a concurrent request with the same key won
+            for ref in (new.input_ref, new.upload_ref):
+                if ref is not None:
+                    await self.blobs.delete(ref)  # this request's copy: no job holds it
             return self._replay(duplicate.existing, fingerprint), False
 
     @staticmethod

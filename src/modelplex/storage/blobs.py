@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from modelplex.errors import BlobNotFound, StoreUnavailable
 from modelplex.ids import new_id
 
 _KEY = re.compile(r"blob_[0-9a-z]{26}")
+T = TypeVar("T")
 
 
 class BlobStore(Protocol):
@@ -61,19 +62,17 @@ class LocalBlobStore:
         ref = self.PREFIX + new_id("blob")
         path = self._path(ref)
         partial = path.with_suffix(".partial")
+        file = await _writing(asyncio.to_thread(_create, partial))
         try:
-            file = await asyncio.to_thread(_create, partial)
             try:
-                async for chunk in chunks:
-                    await asyncio.to_thread(file.write, chunk)
+                async for chunk in chunks:  # the source's own errors pass through as they are
+                    await _writing(asyncio.to_thread(file.write, chunk))
             finally:
-                await asyncio.to_thread(file.close)
-            await asyncio.to_thread(os.replace, partial, path)
-        except BaseException as exc:
+                await _writing(asyncio.to_thread(file.close))
+            await _writing(asyncio.to_thread(os.replace, partial, path))
+        except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)  # one quick call, even when cancelled
-            if isinstance(exc, OSError):
-                raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
             raise
         return ref
 
@@ -96,6 +95,14 @@ class LocalBlobStore:
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):
             await asyncio.to_thread(self._path(ref).unlink)
+
+
+async def _writing(operation: Awaitable[T]) -> T:
+    """A write to the store; its OSError (disk full, permissions) is an outage."""
+    try:
+        return await operation
+    except OSError as exc:
+        raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
 
 
 def _create(path: Path) -> BinaryIO:
