@@ -234,7 +234,7 @@ def _batch_lines(hostile: Hostile, batch_id: str, kind: str) -> list[bytes]:
 
 @pytest.mark.parametrize("levels", LEVELS)
 @pytest.mark.parametrize(
-    "model, datatype", [("digits", "FP32"), ("bytes-many", "BYTES")], ids=["fp32", "bytes"]
+    ("model", "datatype"), [("digits", "FP32"), ("bytes-many", "BYTES")], ids=["fp32", "bytes"]
 )
 def test_deep_v2_tensor_data(hostile: Hostile, levels: int, model: str, datatype: str) -> None:
     leaf = b'"a"' if datatype == "BYTES" else b"1"

@@ -8,8 +8,8 @@ orjson sees a body, `scan` measures it on the raw bytes: its depth (the deepest
 open array or object) and its values (items and members). The scan runs at C
 speed: escapes and everything but the structural characters are dropped with
 `bytes.replace` and `bytes.translate`, strings with one regular expression over
-what is left, and the depth is a cumulative sum in numpy, only when a document
-opens more containers than the depth limit allows.
+what is left (or a running count of quotes in numpy, when strings are many),
+and the depth is a cumulative sum in numpy over the brackets alone.
 
 The counts are exact for valid JSON; for invalid JSON they are whatever the
 bytes say, and orjson then reports the syntax error.
@@ -58,8 +58,9 @@ class Shape:
 
 def scan(data: bytes) -> Shape:
     """The depth and the number of values of a JSON document, from its bytes."""
-    if b"\\" in data:
-        # Pairs first, so that `\\"` is a backslash then a real quote.
+    if b'\\"' in data:
+        # Only a quote after a backslash can be escaped; pairs go first, so that
+        # `\\"` reads as an escaped backslash, then a real quote.
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
     structure = data.translate(None, _NOT_STRUCTURE)
     quotes = structure.count(b'"')
