@@ -70,6 +70,25 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger ones get PAYLOAD_TOO_LARGE (413)."""
 
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """Largest JSON document accepted on any route (a JSON body, the JSON header
+    of a V2 request, one line of a batch file), whatever the route's own body
+    limit; larger ones get PAYLOAD_TOO_LARGE (413). Parsed JSON costs up to ~30x
+    its size in memory, so 8 MiB (a 6 MB image in base64, ~100,000 rows of 64
+    numbers) keeps one request's parse to a bounded few hundred MiB at the worst;
+    send bigger inputs as files or binary tensors."""
+
+    max_json_depth: int = Field(default=32, ge=2, le=512)
+    """Deepest nesting of arrays and objects in a JSON document; deeper ones get
+    INVALID_INPUT before anything parses them. A predict body with a 4-D image
+    batch nests 6 levels, a V2 request 3 plus its tensor's dimensions."""
+
+    max_json_elements: int = Field(default=1_000_000, ge=1)
+    """Most values (array items and object members) in one JSON document; more
+    get INVALID_INPUT before anything parses them. Each parsed value costs 30 to
+    100 bytes of Python objects before conversion, so a million is at most
+    ~100 MiB per request: four 224x224x3 images as nested numbers fit."""
+
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Largest decoded image (width x height) accepted, against decompression bombs."""
 
@@ -147,7 +166,8 @@ class Settings(BaseSettings):
     """Job inputs and results larger than this live in the blob store, not the row."""
 
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    """Largest body accepted by POST /v1/jobs and /v1/batches."""
+    """Largest body accepted by POST /v1/jobs and /v1/batches (files: multipart
+    forms, JSONL); a JSON body there is held to `max_json_bytes` like anywhere."""
 
     batch_chunk_size: int = Field(default=64, ge=1, le=10_000)
     """Lines of a batch file processed together as one job."""

@@ -17,6 +17,7 @@ from modelplex.api.openapi import build_document
 from modelplex.api.problems import install_handlers
 from modelplex.api.schemas import Problem
 from modelplex.app import Modelplex
+from modelplex.core.jsonlimits import JsonLimits
 
 UPLOAD_PREFIXES = ("/v1/jobs", "/v1/batches")
 """Routes that take files: their body limit is `max_upload_bytes`."""
@@ -48,6 +49,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
     settings = modelplex.settings
     app = ModelplexApp(title="modelplex", version=modelplex_version, description=DESCRIPTION)
     app.state.modelplex = modelplex
+    app.state.json_limits = JsonLimits.of(settings)
     install_handlers(app)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
@@ -56,5 +58,6 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
         upload_limits=dict.fromkeys(UPLOAD_PREFIXES, settings.max_upload_bytes),
+        max_json_bytes=settings.max_json_bytes,
     )
     return app

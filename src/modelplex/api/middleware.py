@@ -4,7 +4,8 @@
 * assigns the request id (the client's valid `X-Request-ID`, else a new one),
   stores it in `scope["state"]` and puts it on every response;
 * enforces the request body limit, up front from `Content-Length` and while
-  reading a chunked body;
+  reading a chunked body: the route's (files may be large on the upload routes),
+  and never more than `max_json_bytes` for a body declared as JSON;
 * renders any exception nothing else handled as an INTERNAL problem, so no
   stack trace reaches a client.
 """
@@ -17,6 +18,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelplex.api.payloads import is_json
 from modelplex.api.problems import error_response
 from modelplex.errors import InternalError, PayloadTooLarge
 
@@ -28,17 +30,29 @@ _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, upload_limits: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        upload_limits: dict[str, int] | None = None,
+        max_json_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.upload_limits = upload_limits or {}
+        self.max_json_bytes = max_json_bytes
 
-    def _limit(self, path: str) -> int:
-        for prefix, limit in self.upload_limits.items():
+    def _limit(self, scope: Scope) -> int:
+        path = scope.get("path", "")
+        limit = self.max_body_bytes
+        for prefix, upload_limit in self.upload_limits.items():
             if path == prefix or path.startswith(prefix + "/"):
-                return limit
-        return self.max_body_bytes
+                limit = upload_limit
+                break
+        if self.max_json_bytes is not None and _declares_json(scope):
+            # What parses a JSON body holds every value as an object: a JSON body is
+            # refused at this size before it is read, not after it is parsed.
+            limit = min(limit, self.max_json_bytes)
+        return limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +73,7 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        limit = self._limit(scope.get("path", ""))
+        limit = self._limit(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._reject(declared, limit, scope, receive, send_with_id)
@@ -111,6 +125,13 @@ class RequestContextMiddleware:
         else:
             response.headers["Connection"] = "close"  # not worth reading: hang up
         await response(scope, receive, send)
+
+
+def _declares_json(scope: Scope) -> bool:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            return is_json(value.decode("latin-1").split(";", 1)[0].strip().lower())
+    return False
 
 
 def _content_length(scope: Scope) -> int | None:

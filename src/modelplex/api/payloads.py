@@ -7,9 +7,9 @@ document at the detail level the client asked for.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from modelplex.api.bodies import ClassifyRequest, PredictForm
+from modelplex.api.deps import json_limits_of
+from modelplex.core import jsonlimits, offload
 from modelplex.core.envelopes import parse
 from modelplex.core.registry import ServedVersion
 from modelplex.core.tensors import Array, Datatype, bytes_batch, decode_base64
@@ -26,10 +28,8 @@ from modelplex.core.types import InferenceResult
 from modelplex.errors import InvalidInput, UnsupportedMediaType
 
 T = TypeVar("T")
+V = TypeVar("V")
 
-# Bodies above this are parsed and converted on a worker thread, so one big
-# request cannot stall every other request on the event loop.
-_THREAD_PARSE_BYTES = 256 * 1024
 _MAX_FORM_FILES = 1000
 
 
@@ -68,44 +68,54 @@ def unsupported(media: str) -> UnsupportedMediaType:
 
 
 async def read_json(request: Request, convert: Callable[[Any], T]) -> T:
-    """Parse the JSON body and `convert` it, on a worker thread when the body is big."""
+    """Parse the JSON body (within the JSON limits) and `convert` it, on a worker
+    thread when the body is big."""
     body = await request.body()
     if not body:
         raise InvalidInput("the request body is empty")
+    limits = json_limits_of(request)
 
     def parse() -> T:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-        return convert(document)
+        return convert(jsonlimits.loads(body, limits))
 
-    if len(body) > _THREAD_PARSE_BYTES:
-        return await asyncio.to_thread(parse)
+    if len(body) > offload.WORTH_A_THREAD_BYTES:
+        return await offload.cpu_bound(parse)
     return parse()
 
 
 FormItems = list[tuple[str, str | bytes]]
 """Multipart fields in order: text fields as str, uploaded files as bytes."""
+FormFields = list[tuple[str, str | UploadFile]]
+"""Multipart fields in order, uploaded files still in their spooled temporary files."""
+
+
+@asynccontextmanager
+async def open_form(request: Request) -> AsyncIterator[FormFields]:
+    """The form's fields, its files open (Starlette spools them to disk past 1 MiB)
+    until the block ends: for routes that copy files on in chunks."""
+    try:
+        form = await request.form(max_files=_MAX_FORM_FILES, max_fields=_MAX_FORM_FILES)
+    except HTTPException as exc:  # Starlette's multipart parser reports bad forms this way
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+    try:
+        yield list(form.multi_items())
+    finally:
+        await form.close()
 
 
 async def read_form(request: Request) -> FormItems:
-    items: FormItems = []
-    try:
-        async with request.form(max_files=_MAX_FORM_FILES, max_fields=_MAX_FORM_FILES) as form:
-            for field, value in form.multi_items():
-                items.append(
-                    (field, await value.read() if isinstance(value, UploadFile) else value)
-                )
-    except HTTPException as exc:  # Starlette's multipart parser reports bad forms this way
-        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
-    return items
+    """The form's fields, files read whole (for routes that decode them at once)."""
+    async with open_form(request) as fields:
+        return [
+            (name, await value.read() if isinstance(value, UploadFile) else value)
+            for name, value in fields
+        ]
 
 
 # -- forms -----------------------------------------------------------------
-def form_document(items: FormItems) -> dict[str, str | bytes]:
+def form_document(items: list[tuple[str, V]]) -> dict[str, V]:
     """A form's fields by name, for an envelope to parse; a field given twice is an error."""
-    document: dict[str, str | bytes] = {}
+    document: dict[str, V] = {}
     for field, value in items:
         if field in document:
             raise InvalidInput(f"form field '{field}' is given twice")

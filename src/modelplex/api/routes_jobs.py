@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from modelplex import errors
@@ -18,7 +19,7 @@ from modelplex.api.views import batch_view, delivery_view, job_view
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
-from modelplex.jobs.service import JobService, SubmitRequest
+from modelplex.jobs.service import BytesUpload, JobService, SubmitRequest, Upload
 from modelplex.records import JobStatus
 
 router = APIRouter()
@@ -74,24 +75,43 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
 )
 async def submit_job(request: Request) -> Response:
     media = payloads.media_type(request)
+    key = request.headers.get("idempotency-key")
     if payloads.is_json(media):
         body = await payloads.read_json(request, lambda doc: parse(JobSubmit, doc))
-        submit = _submit(body, input=body.input)
+        job, created = await _jobs(request).submit(_submit(body, input=body.input), key)
     elif media == "multipart/form-data":
-        fields = payloads.form_document(await payloads.read_form(request))
-        form = parse(JobSubmitForm, fields, "the form")
-        submit = _submit(form, upload=form.file)
+        # The file stays in the form's spooled temporary file, which is copied to
+        # the blob store in chunks before the form is closed.
+        async with payloads.open_form(request) as items:
+            fields, upload = _file_apart(payloads.form_document(items))
+            form = parse(JobSubmitForm, fields, "the form")
+            job, created = await _jobs(request).submit(_submit(form, upload=upload), key)
     else:
         raise payloads.unsupported(media)
-    job, created = await _jobs(request).submit(submit, request.headers.get("idempotency-key"))
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return _json(job_view(job), status=202, headers=headers)
 
 
+def _file_apart(
+    fields: dict[str, str | UploadFile],
+) -> tuple[dict[str, str | bytes], Upload | None]:
+    """The form's fields for its envelope (the file as an empty placeholder, so that
+    the envelope still says it is required), and the file itself."""
+    document: dict[str, str | bytes] = {}
+    upload: Upload | None = None
+    for name, value in fields.items():
+        if name == "file":
+            upload = value if isinstance(value, UploadFile) else BytesUpload(value.encode())
+            document[name] = b""
+        else:  # a file under another name is an unknown field: the envelope says so
+            document[name] = b"" if isinstance(value, UploadFile) else value
+    return document, upload
+
+
 def _submit(
-    body: JobSubmit | JobSubmitForm, *, input: Any = None, upload: bytes | None = None
+    body: JobSubmit | JobSubmitForm, *, input: Any = None, upload: Upload | None = None
 ) -> SubmitRequest:
     kind, target = body.target
     return SubmitRequest(

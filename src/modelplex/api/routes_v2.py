@@ -8,7 +8,6 @@ or, as the protocol says, a 4xx (400) when not ready.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.responses import Response
 
 from modelplex import errors
 from modelplex.api import v2_wire
-from modelplex.api.deps import modelplex_of
+from modelplex.api.deps import json_limits_of, modelplex_of
 from modelplex.api.openapi_docs import (
     PARAMS,
     V2_HEADERS,
@@ -40,6 +39,7 @@ from modelplex.api.v2_schemas import (
     V2RepositoryModel,
     V2ServerMetadata,
 )
+from modelplex.core import jsonlimits, offload
 from modelplex.core.envelopes import parse
 from modelplex.oip.service import V2Request, V2Service
 
@@ -181,7 +181,9 @@ async def infer(request: Request) -> Response:
         await request.body(), request.headers.get("content-encoding", ""),
         settings.max_request_bytes,
     )  # fmt: skip
-    document, inputs = await v2_wire.parse_infer(body, request.headers.get(HEADER_LENGTH))
+    document, inputs = await v2_wire.parse_infer(
+        body, request.headers.get(HEADER_LENGTH), json_limits_of(request)
+    )
     parameters = document.parameters or {}
     v2_request = V2Request(
         model=request.path_params["model"],
@@ -203,7 +205,7 @@ async def infer(request: Request) -> Response:
         media = "application/octet-stream"
     encoding = v2_wire.accepted_encoding(request.headers.get("accept-encoding", ""))
     if encoding and len(content) > v2_wire.COMPRESS_ABOVE:
-        content = await asyncio.to_thread(v2_wire.compress, content, encoding)
+        content = await offload.cpu_bound(v2_wire.compress, content, encoding)
         headers["Content-Encoding"] = encoding
     return Response(content, media_type=media, headers=headers)
 
@@ -219,7 +221,8 @@ async def repository_index(request: Request) -> Response:
     body = await request.body()
     ready = False
     if body.strip():
-        ready = parse(V2RepositoryIndexRequest, v2_wire.loads(body, "the body")).ready
+        document = jsonlimits.loads(body, json_limits_of(request))
+        ready = parse(V2RepositoryIndexRequest, document).ready
     return _json(_service(request).repository_index(ready))
 
 
@@ -234,7 +237,8 @@ async def repository_load(request: Request, model: str) -> Response:
     body = await request.body()
     parameters: dict[str, Any] = {}
     if body.strip():
-        parameters = parse(V2LoadRequest, v2_wire.loads(body, "the body")).parameters or {}
+        document = jsonlimits.loads(body, json_limits_of(request))
+        parameters = parse(V2LoadRequest, document).parameters or {}
     await _service(request).load(model, parameters)
     return Response(status_code=200)
 

@@ -8,7 +8,6 @@ only: whether the tensors fit the model is the validator's to say.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import zlib
 from typing import Any
@@ -16,12 +15,13 @@ from typing import Any
 import orjson
 
 from modelplex.api.v2_schemas import V2InferRequest, V2RequestInput
+from modelplex.core import jsonlimits, offload
 from modelplex.core.envelopes import parse
+from modelplex.core.jsonlimits import JsonLimits
 from modelplex.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelplex.oip import codec
 from modelplex.oip.service import RequestedOutput, V2Response, V2Tensor
 
-_THREAD_PARSE_BYTES = 256 * 1024
 COMPRESS_ABOVE = 1024
 
 
@@ -35,7 +35,7 @@ async def decoded_body(body: bytes, content_encoding: str, limit: int) -> bytes:
         raise UnsupportedMediaType(
             f"Content-Encoding '{encoding}' is not supported (gzip, deflate)"
         )
-    return await asyncio.to_thread(_decompress, body, encoding, limit)
+    return await offload.cpu_bound(_decompress, body, encoding, limit)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -51,25 +51,19 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def loads(data: bytes, what: str = "the inference header") -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
-
-
 async def parse_infer(
-    body: bytes, header_length: str | None
+    body: bytes, header_length: str | None, limits: JsonLimits
 ) -> tuple[V2InferRequest, list[V2Tensor]]:
-    """The JSON header document and the decoded inputs (large bodies off the loop)."""
+    """The JSON header document (within the JSON limits) and the decoded inputs
+    (large bodies off the loop)."""
     if header_length is None:
         header, binary = body, b""
     else:
         split = _header_length(header_length, len(body))
         header, binary = body[:split], body[split:]
-    if len(body) > _THREAD_PARSE_BYTES:
-        return await asyncio.to_thread(_request_from, header, binary)
-    return _request_from(header, binary)
+    if len(body) > offload.WORTH_A_THREAD_BYTES:
+        return await offload.cpu_bound(_request_from, header, binary, limits)
+    return _request_from(header, binary, limits)
 
 
 def _header_length(value: str, body_length: int) -> int:
@@ -82,8 +76,13 @@ def _header_length(value: str, body_length: int) -> int:
     raise InvalidInput("Inference-Header-Content-Length does not fit the body")
 
 
-def _request_from(header: bytes, binary: bytes) -> tuple[V2InferRequest, list[V2Tensor]]:
-    document = parse(V2InferRequest, loads(header), "the inference request")
+def _request_from(
+    header: bytes, binary: bytes, limits: JsonLimits
+) -> tuple[V2InferRequest, list[V2Tensor]]:
+    document = parse(
+        V2InferRequest, jsonlimits.loads(header, limits, "the inference header"),
+        "the inference request",
+    )  # fmt: skip
     offset = 0
     inputs = []
     for item in document.inputs:

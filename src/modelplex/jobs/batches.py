@@ -10,15 +10,22 @@ submission; a line the model refuses fails alone when its chunk runs.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from modelplex.core import jsonlimits, offload
 from modelplex.core.envelopes import parse
 from modelplex.core.instances import PredictParameters
-from modelplex.errors import BatchNotFound, InternalError, InvalidInput, PipelineNotReady
+from modelplex.core.jsonlimits import JsonLimits
+from modelplex.errors import (
+    BatchNotFound,
+    InternalError,
+    InvalidInput,
+    PayloadTooLarge,
+    PipelineNotReady,
+)
 from modelplex.jobs.service import JobService, check_metadata
 from modelplex.records import Batch, Job, JobError, JobKind, JobStatus, NewBatch, NewJob
 from modelplex.storage.interface import Store
@@ -55,7 +62,9 @@ class BatchService:
             parse(PredictParameters, options, "options")
         check_metadata(metadata)
         # Parsing a big file takes a while: not on the event loop.
-        valid, invalid = await asyncio.to_thread(parse_lines, content, settings.max_batch_lines)
+        valid, invalid = await offload.cpu_bound(
+            parse_lines, content, settings.max_batch_lines, JsonLimits.of(settings)
+        )
         if not valid and not invalid:
             raise InvalidInput("the batch file has no lines")
         size = settings.batch_chunk_size
@@ -118,9 +127,10 @@ class BatchService:
 
 
 def parse_lines(
-    content: bytes, max_lines: int
+    content: bytes, max_lines: int, limits: JsonLimits
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Valid items, and the lines refused with their error (line numbers from 1)."""
+    """Valid items, and the lines refused with their error (line numbers from 1);
+    each line is held to the JSON limits, as a JSON body would be."""
     valid: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -130,9 +140,9 @@ def parse_lines(
         if not raw.strip():
             continue
         try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            invalid.append(_refused(number, None, f"not valid JSON: {exc}"))
+            line = jsonlimits.loads(raw, limits, "the line")
+        except (InvalidInput, PayloadTooLarge) as exc:
+            invalid.append(_refused(number, None, str(exc)))
             continue
         custom_id = line.get("custom_id") if isinstance(line, dict) else None
         if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from modelplex.core import offload
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.instances import parse_predict_json
+from modelplex.core.served import ServedVersion
 from modelplex.core.types import InferenceRequest
 from modelplex.core.validation import CheckedRequest, check
 from modelplex.errors import (
@@ -29,7 +33,29 @@ from modelplex.storage.blobs import BlobStore
 from modelplex.storage.interface import DuplicateKey, Store
 
 MAX_METADATA_BYTES = 16 * 1024
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 INFERENCE_STEP = "inference"
+
+
+class Upload(Protocol):
+    """An uploaded file, read in chunks (Starlette's UploadFile is one)."""
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+    async def seek(self, offset: int) -> None: ...
+
+
+class BytesUpload:
+    """An upload already in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._buffer = io.BytesIO(data)
+
+    async def read(self, size: int = -1) -> bytes:
+        return self._buffer.read(size)
+
+    async def seek(self, offset: int) -> None:
+        self._buffer.seek(offset)
 
 
 @dataclass
@@ -41,8 +67,8 @@ class SubmitRequest:
     kind: JobKind
     target: str
     input: Any = None
-    upload: bytes | None = None
-    """An uploaded file (a zip archive for album-tagging), stored as a blob."""
+    upload: Upload | None = None
+    """An uploaded file (a zip archive for album-tagging), copied to a blob in chunks."""
     upload_name: str | None = None
     version: str | None = None
     callback_url: str | None = None
@@ -50,15 +76,16 @@ class SubmitRequest:
     priority: int = 0
     metadata: dict[str, Any] | None = None
 
-    def fingerprint(self) -> str:
-        """Same request, same fingerprint: what an idempotency key is compared on."""
+    def fingerprint(self, upload_digest: str | None = None) -> str:
+        """Same request, same fingerprint: what an idempotency key is compared on
+        (`upload_digest`: the upload's sha256)."""
         canonical = orjson.dumps(
             {
                 "kind": self.kind.value,
                 "target": self.target,
                 "version": self.version,
                 "input": self.input,
-                "upload": hashlib.sha256(self.upload).hexdigest() if self.upload else None,
+                "upload": upload_digest,
                 "callback_url": self.callback_url,
                 "callback_events": sorted(self.callback_events),
                 "priority": self.priority,
@@ -67,6 +94,22 @@ class SubmitRequest:
             option=orjson.OPT_SORT_KEYS,
         )
         return hashlib.sha256(canonical).hexdigest()
+
+
+async def _chunks(upload: Upload, digest: Any = None) -> AsyncIterator[bytes]:
+    """The upload from its start, in chunks, hashed on the way when `digest` is given."""
+    await upload.seek(0)
+    while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
+        if digest is not None:
+            await offload.cpu_bound(digest.update, chunk)
+        yield chunk
+
+
+async def upload_digest(upload: Upload) -> str:
+    digest = hashlib.sha256()
+    async for _ in _chunks(upload, digest):
+        pass
+    return digest.hexdigest()
 
 
 class JobService:
@@ -89,15 +132,17 @@ class JobService:
     ) -> tuple[Job, bool]:
         """The job for this request: created (True), or the one an earlier
         request with the same idempotency key created (False)."""
-        fingerprint = request.fingerprint()
+        fingerprint = None  # only a request with a key is ever compared
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 200:
                 raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
+            digest = await upload_digest(request.upload) if request.upload is not None else None
+            fingerprint = await offload.cpu_bound(request.fingerprint, digest)
             existing = await self.store.get_by_key(idempotency_key)
             if existing is not None:
                 return self._replay(existing, fingerprint), False
         steps, max_attempts = await self._validate(request)
-        checked = self._check_model(request) if request.kind is JobKind.MODEL else None
+        checked = await self._check_model(request) if request.kind is JobKind.MODEL else None
         new = NewJob(
             kind=request.kind,
             target=request.target,
@@ -115,10 +160,13 @@ class JobService:
         try:
             return await self.store.create(new), True
         except DuplicateKey as duplicate:  # a concurrent request with the same key won
+            for ref in (new.input_ref, new.upload_ref):
+                if ref is not None:
+                    await self.blobs.delete(ref)  # this request's copy: no job holds it
             return self._replay(duplicate.existing, fingerprint), False
 
     @staticmethod
-    def _replay(existing: Job, fingerprint: str) -> Job:
+    def _replay(existing: Job, fingerprint: str | None) -> Job:
         if existing.request_hash != fingerprint:
             raise IdempotencyConflict(
                 f"Idempotency-Key was used for job {existing.id} with a different request"
@@ -146,20 +194,12 @@ class JobService:
         a model that is not serving."""
         return self.dataplane.resolve(model, version).version
 
-    def _check_model(self, request: SubmitRequest) -> CheckedRequest:
+    async def _check_model(self, request: SubmitRequest) -> CheckedRequest:
         """The job's predict body, decoded and checked exactly as the predict
-        endpoint would, against the version the job pins."""
+        endpoint would, against the version the job pins (off the loop: a large
+        body takes a while to convert)."""
         served = self.dataplane.resolve(request.target, request.version)
-        inputs, body = parse_predict_json(request.input, served)
-        inference = InferenceRequest(
-            model=request.target,
-            version=served.version,
-            inputs=inputs,
-            arrived_at=time.monotonic(),
-            top_k=body.top_k,
-            outputs=body.outputs,
-        )
-        return check(served, inference)
+        return await offload.cpu_bound(_checked, request.input, served)
 
     async def _store_input(
         self, request: SubmitRequest, checked: CheckedRequest | None
@@ -167,13 +207,19 @@ class JobService:
         """(inline input, blob of a large input, blob of an uploaded file). Blob
         references are the server's own: nothing a client sends can name one."""
         if request.upload is not None:
-            upload = await self.blobs.put(request.upload)
+            upload = await self.blobs.put_stream(_chunks(request.upload))
             return {"upload": {"filename": request.upload_name}}, None, upload
-        document = requests.encode(checked) if checked is not None else request.input
-        encoded = orjson.dumps(document)
-        if len(encoded) > self.settings.blob_threshold_bytes:
-            return None, await self.blobs.put(encoded), None
-        return document, None, None
+        threshold = self.settings.blob_threshold_bytes
+        if checked is not None:
+            if requests.encoded_size(checked) <= threshold:  # known without encoding it
+                return requests.encode(checked), None, None
+            encoded = await offload.cpu_bound(requests.encode_json, checked)
+        else:
+            document = request.input
+            encoded = await offload.cpu_bound(orjson.dumps, document)
+            if len(encoded) <= threshold:
+                return document, None, None  # small: the store encodes it again, cheaply
+        return None, await self.blobs.put(encoded), None
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
@@ -217,6 +263,19 @@ class JobService:
         if job.result_ref is not None:
             return orjson.loads(await self.blobs.get(job.result_ref))
         return job.result
+
+
+def _checked(document: Any, served: ServedVersion) -> CheckedRequest:
+    inputs, body = parse_predict_json(document, served)
+    inference = InferenceRequest(
+        model=served.model,
+        version=served.version,
+        inputs=inputs,
+        arrived_at=time.monotonic(),
+        top_k=body.top_k,
+        outputs=body.outputs,
+    )
+    return check(served, inference)
 
 
 def check_metadata(metadata: Any) -> None:

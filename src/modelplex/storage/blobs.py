@@ -10,18 +10,25 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import AsyncIterable, Awaitable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from modelplex.errors import BlobNotFound, StoreUnavailable
 from modelplex.ids import new_id
 
 _KEY = re.compile(r"blob_[0-9a-z]{26}")
+T = TypeVar("T")
 
 
 class BlobStore(Protocol):
     async def put(self, data: bytes) -> str:
         """Store `data`; return its reference."""
+        ...
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> str:
+        """Store the concatenated `chunks` (a large upload, never whole in memory);
+        return its reference. Nothing is stored if `chunks` raises."""
         ...
 
     async def get(self, ref: str) -> bytes: ...
@@ -51,6 +58,24 @@ class LocalBlobStore:
             raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
         return ref
 
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> str:
+        ref = self.PREFIX + new_id("blob")
+        path = self._path(ref)
+        partial = path.with_suffix(".partial")
+        file = await _writing(asyncio.to_thread(_create, partial))
+        try:
+            try:
+                async for chunk in chunks:  # the source's own errors pass through as they are
+                    await _writing(asyncio.to_thread(file.write, chunk))
+            finally:
+                await _writing(asyncio.to_thread(file.close))
+            await _writing(asyncio.to_thread(os.replace, partial, path))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)  # one quick call, even when cancelled
+            raise
+        return ref
+
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,3 +95,16 @@ class LocalBlobStore:
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):
             await asyncio.to_thread(self._path(ref).unlink)
+
+
+async def _writing(operation: Awaitable[T]) -> T:
+    """A write to the store; its OSError (disk full, permissions) is an outage."""
+    try:
+        return await operation
+    except OSError as exc:
+        raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
+
+
+def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
