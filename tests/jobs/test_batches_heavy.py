@@ -13,7 +13,7 @@ from modelplex.records import Job
 from modelplex.storage.sql import SqlStore
 from modelplex.storage.sql.engines import create_engines
 from tests.jobs.conftest import JobsEnv
-from tests.jobs.harness import wait_for
+from tests.jobs.harness import WAIT_S, wait_for
 from tests.jobs.test_jobs_api import DIGITS
 
 
@@ -29,8 +29,10 @@ def _post(env: JobsEnv, query: str, lines: list[bytes]) -> str:
 
 
 def _finished(env: JobsEnv, batch_id: str) -> dict[str, object]:
+    # The first test of the module also waits for the worker process to load its models.
     batch: dict[str, object] = wait_for(
-        lambda: (b := env.client.get(f"/v1/batches/{batch_id}").json())["finished_at"] and b
+        lambda: (b := env.client.get(f"/v1/batches/{batch_id}").json())["finished_at"] and b,
+        timeout=3 * WAIT_S,
     )
     return batch
 
