@@ -33,7 +33,7 @@ def test_an_entry_that_claims_to_be_small_is_refused_not_inflated() -> None:
     for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
         at = data.index(signature)
         struct.pack_into("<L", data, at + size_at, 1000)  # uncompressed size: 1000 bytes
-    with pytest.raises(InvalidInput, match="corrupt at 'big.png'"):
+    with pytest.raises(InvalidInput, match=r"corrupt at 'big\.png'"):
         _read_all(bytes(data))
 
 
