@@ -5,8 +5,9 @@ and the state machines' tables.
       │                  │  └──retryable failure / release──> QUEUED
       └──cancel──> CANCELLED
 
-    batch: PROCESSING ──last chunk ends──> COMPLETED
-               └──cancel──> CANCELLED (finished when its last running chunk ends)
+    batch: CREATING ──last chunk written──> PROCESSING ──last chunk ends──> COMPLETED
+             │ (its creator died: deleted)      └──cancel──> CANCELLED (finished when
+             │                                               its last running chunk ends)
 
 A leaf module: the job layer and every store implementation share these
 records, and neither imports the other. Stores enforce `JOB_ALLOWED_FROM` and
@@ -53,12 +54,15 @@ JOB_ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 
 
 class BatchStatus(StrEnum):
+    CREATING = "CREATING"
+    """Its chunks are still being written; none of them runs yet."""
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
 
 
 BATCH_ALLOWED_FROM: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.PROCESSING: frozenset({BatchStatus.CREATING}),
     BatchStatus.COMPLETED: frozenset({BatchStatus.PROCESSING}),
     BatchStatus.CANCELLED: frozenset({BatchStatus.PROCESSING}),
 }
@@ -236,7 +240,9 @@ class Batch:
     failed: int
     chunks: int
     chunks_done: int
-    invalid_lines: list[dict[str, Any]]
+    refused: int
+    """Lines refused at submission (counted in `failed` too); the lines themselves
+    are stored one per row, read with `BatchStore.batch_refusals`."""
     metadata: dict[str, Any] | None
     created_at: float
     finished_at: float | None
@@ -252,5 +258,6 @@ class NewBatch:
     total: int
     """Lines in the file, refused ones included."""
     invalid_lines: list[dict[str, Any]]
-    """Lines refused at submission, with their errors (they count as failed)."""
+    """Lines refused at submission, each `{"custom_id", "line", "error"}` (they count
+    as failed)."""
     metadata: dict[str, Any] | None = None

@@ -341,10 +341,14 @@ def test_batch_with_some_bad_lines(jobs_env: JobsEnv) -> None:
         "total": 9,
         "completed": 5,
         "failed": 4,
+        "refused": 3,
         "pending": 0,
         "cancelled": 0,
     }
     assert batch["progress"] == 1.0
+    assert [(r["line"], r["custom_id"]) for r in batch["refusals"]] == [
+        (6, None), (7, None), (9, "row-0"),
+    ]  # fmt: skip
     results = [
         orjson.loads(x) for x in client.get(f"/v1/batches/{batch_id}/results").content.splitlines()
     ]

@@ -54,7 +54,10 @@ def chunk(index: int) -> NewJob:
 
 
 def new_batch(total: int, invalid: int = 0, **overrides: Any) -> NewBatch:
-    lines = [{"line": n, "error": {"code": "INVALID"}} for n in range(invalid)]
+    lines = [
+        {"custom_id": f"c{n}", "line": n, "error": {"code": "INVALID"}}
+        for n in range(1, invalid + 1)
+    ]
     return NewBatch(JobKind.MODEL, "digits", None, total, lines, **overrides)
 
 
@@ -628,7 +631,7 @@ async def test_create_batch_with_its_chunks(store: Store, clock: FakeClock) -> N
     batch = await store.create_batch(new_batch(total=7, invalid=1), [chunk(i) for i in range(3)])
     assert batch.id.startswith("batch_")
     assert batch.status is BatchStatus.PROCESSING
-    assert (batch.total, batch.completed, batch.failed) == (7, 0, 1)
+    assert (batch.total, batch.completed, batch.failed, batch.refused) == (7, 0, 1, 1)
     assert (batch.chunks, batch.chunks_done, batch.finished_at) == (3, 0, None)
     assert batch.created_at == clock()
     assert await store.get_batch(batch.id) == batch
@@ -648,7 +651,7 @@ async def test_a_batch_with_no_chunks_is_finished_at_creation(
     batch = await store.create_batch(new_batch(total=2, invalid=2), [])
     assert batch.status is BatchStatus.COMPLETED
     assert batch.finished_at == clock()
-    assert (batch.chunks, batch.failed) == (0, 2)
+    assert (batch.chunks, batch.failed, batch.refused) == (0, 2, 2)
     assert await store.batch_chunks(batch.id, -1, 10) == []
     clock.advance(1)
     assert await store.cancel_batch(batch.id) == batch  # finished: nothing to cancel
@@ -827,19 +830,19 @@ async def test_jobs_going_in_and_out_are_copies(store: Store) -> None:
 async def test_batches_and_deliveries_going_in_and_out_are_copies(store: Store) -> None:
     submitted = new_batch(total=2, invalid=1, metadata={"m": [1]})
     batch = await store.create_batch(submitted, [chunk(0)])
-    submitted.invalid_lines.append({"line": 9})
-    batch.invalid_lines.clear()
+    submitted.invalid_lines[0]["error"]["code"] = "CHANGED"
+    submitted.invalid_lines.append({"line": 9, "error": {}})
     batch.completed = 99
     assert batch.metadata is not None
     batch.metadata["m"].append(2)
     stored = await store.get_batch(batch.id)
     assert stored is not None
-    assert (len(stored.invalid_lines), stored.completed, stored.metadata) == (1, 0, {"m": [1]})
-    stored.invalid_lines.clear()
+    assert (stored.refused, stored.completed, stored.metadata) == (1, 0, {"m": [1]})
+    (await store.batch_refusals(batch.id, 0, 10))[0]["error"].clear()
     (await store.batch_chunks(batch.id, -1, 10))[0].input.clear()
-    again = await store.get_batch(batch.id)
-    assert again is not None
-    assert len(again.invalid_lines) == 1
+    assert await store.batch_refusals(batch.id, 0, 10) == [
+        {"custom_id": "c1", "line": 1, "error": {"code": "INVALID"}}
+    ]
     assert (await store.batch_chunks(batch.id, -1, 10))[0].input == {"items": [0]}
     job = await claim_one(store)
     sent = event()

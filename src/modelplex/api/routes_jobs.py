@@ -15,7 +15,7 @@ from modelplex.api.bodies import BatchFields, BatchForm, JobSubmit, JobSubmitFor
 from modelplex.api.deps import modelplex_of
 from modelplex.api.openapi_docs import problem_responses, query_parameters, schema_ref
 from modelplex.api.schemas import BatchView, DeliveryList, JobList, JobView, PipelineList
-from modelplex.api.views import batch_view, delivery_view, job_view
+from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_view
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
@@ -255,9 +255,9 @@ async def submit_batch(request: Request) -> Response:
     responses=_JOB_ERRORS,
 )
 async def get_batch(request: Request, batch_id: str) -> Response:
-    batch = await _batches(request).get(batch_id)
+    batch, refusals = await _batches(request).get_with_refusals(batch_id, REFUSALS_SHOWN)
     headers = None if batch.finished_at else {"Retry-After": POLL_AFTER_S}
-    return _json(batch_view(batch), headers=headers)
+    return _json(batch_view(batch, refusals), headers=headers)
 
 
 @router.post(

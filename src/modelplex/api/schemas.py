@@ -210,15 +210,27 @@ class BatchCounts(BaseModel):
     total: int
     completed: int
     failed: int
+    refused: int = Field(description="Of `failed`: lines refused at submission.")
     pending: int
     cancelled: int
+
+
+class BatchRefusal(BaseModel):
+    custom_id: str | None
+    line: int
+    error: dict[str, Any]
 
 
 class BatchView(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
-    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"]
+    status: Literal["CREATING", "PROCESSING", "COMPLETED", "CANCELLED"]
     counts: BatchCounts
+    refusals: list[BatchRefusal] | None = Field(
+        default=None,
+        description="GET only: the first lines refused at submission (at most "
+        "`refusals_shown`); every one is in the `errors` JSONL.",
+    )
     progress: float
     created_at: str
     finished_at: str | None

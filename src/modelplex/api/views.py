@@ -108,9 +108,14 @@ def delivery_view(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def batch_view(batch: Batch) -> dict[str, Any]:
+REFUSALS_SHOWN = 20
+"""Refused lines a batch's GET shows; the errors JSONL streams all of them."""
+
+
+def batch_view(batch: Batch, refusals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`refusals`: the first refused lines, where the caller read them (GET does)."""
     finished = batch.completed + batch.failed
-    return {
+    view: dict[str, Any] = {
         "id": batch.id,
         "status": batch.status.value,
         batch.kind.value: batch.target,
@@ -119,6 +124,7 @@ def batch_view(batch: Batch) -> dict[str, Any]:
             "total": batch.total,
             "completed": batch.completed,
             "failed": batch.failed,
+            "refused": batch.refused,
             "pending": max(0, batch.total - finished) if batch.finished_at is None else 0,
             "cancelled": max(0, batch.total - finished) if batch.finished_at is not None else 0,
         },
@@ -133,3 +139,7 @@ def batch_view(batch: Batch) -> dict[str, Any]:
             "cancel": f"/v1/batches/{batch.id}/cancel",
         },
     }
+    if refusals is not None:
+        view["refusals"] = refusals[:REFUSALS_SHOWN]
+        view["refusals_shown"] = REFUSALS_SHOWN
+    return view

@@ -3,9 +3,11 @@
 Steps (declared in the pipeline's `pipeline.toml`, see `build`):
 
 1. `decode`: read the images (base64 strings, `{"name", "b64"}` objects, or a
-   zip archive upload), refuse any that is not a JPEG, PNG or WebP image
-   (INPUT_DECODE_FAILED names the file), and pre-process each the way
-   EfficientNet-Lite expects.
+   zip archive upload, read one entry at a time within `ARCHIVE_LIMITS`),
+   refuse any that is not a JPEG, PNG or WebP image (INPUT_DECODE_FAILED names
+   the file), and pre-process each the way EfficientNet-Lite expects. An
+   archive that cannot be read safely (corrupt, truncated, encrypted, too many
+   entries, a zip bomb) is INVALID_INPUT, never retried.
 2. `features`: per image a perceptual hash (dHash), brightness and dominant
    colour; near-identical photos are grouped as duplicates.
 3. `classify`: the `efficientnet-lite0` model from the repository, in batches.
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import zipfile
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from modelplex.core.model_config import ImagePreprocessing
 from modelplex.core.preprocessing import ImagePreprocessor
 from modelplex.core.tensors import Array
 from modelplex.errors import InvalidInput
+from modelplex.jobs.archives import ArchiveLimits, open_archive
 from modelplex.jobs.pipelines import StepContext, StepError
 
 MAX_IMAGES = 500
@@ -35,6 +38,10 @@ MAX_IMAGE_PIXELS = 40_000_000
 THUMB = 9  # dHash compares 9x8 neighbours
 DUPLICATE_BITS = 6  # hashes this close (of 64 bits) count as the same photo
 TOP_LABELS = 5
+# Every entry counts (a Mac adds a `__MACOSX/._` twin per photo); bytes are decompressed ones.
+ARCHIVE_LIMITS = ArchiveLimits(
+    max_entries=2 * MAX_IMAGES + 24, max_entry_bytes=128 * 1024**2, max_total_bytes=1024**3
+)
 
 PREPROCESSING = ImagePreprocessing(
     input="image", output="input", size=224, crop_fraction=0.875, mean=127.0, std=128.0
@@ -89,12 +96,21 @@ def build(folder: Path, labels: list[str]) -> None:
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
 
 
-def _files(ctx: StepContext, data: Any) -> list[tuple[str, bytes]]:
+@contextlib.contextmanager
+def _files(ctx: StepContext, data: Any) -> Iterator[tuple[int, Iterator[tuple[str, bytes]]]]:
+    """How many images there are, then each (name, content) in turn: an archive's
+    entries are read one at a time, so only one is ever in memory."""
     if not isinstance(data, dict):
         raise InvalidInput("input must be an object with 'images' or an archive")
     if "upload" in data:
         upload = data["upload"] if isinstance(data["upload"], dict) else {}
-        return _unzip(ctx.read_upload(), str(upload.get("filename") or "upload"))
+        filename = str(upload.get("filename") or "upload")
+        with ctx.open_upload() as file, open_archive(file, ARCHIVE_LIMITS, filename) as archive:
+            members = [m for m in archive.files() if not _hidden(m.filename)]
+            if len(members) > MAX_IMAGES:
+                raise InvalidInput(f"at most {MAX_IMAGES} images per album")
+            yield len(members), ((m.filename, archive.read(m)) for m in members)
+        return
     images = data.get("images")
     if not isinstance(images, list) or not images:
         raise InvalidInput("'images' must be a non-empty list")
@@ -110,22 +126,7 @@ def _files(ctx: StepContext, data: Any) -> list[tuple[str, bytes]]:
             files.append((name, base64.b64decode(text, validate=True)))
         except (binascii.Error, ValueError):
             raise StepError("INPUT_DECODE_FAILED", f"'{name}' is not valid base64") from None
-    return files
-
-
-def _unzip(archive: bytes, filename: str) -> list[tuple[str, bytes]]:
-    try:
-        with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
-            members = [m for m in zipped.infolist() if not m.is_dir() and not _hidden(m.filename)]
-            if len(members) > MAX_IMAGES:
-                raise InvalidInput(f"at most {MAX_IMAGES} images per album")
-            if sum(m.file_size for m in members) > 1024**3:
-                raise InvalidInput("the archive expands to more than 1 GiB")
-            return [(m.filename, zipped.read(m)) for m in sorted(members, key=lambda m: m.filename)]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
-        raise StepError(
-            "INPUT_DECODE_FAILED", f"'{filename}' is not a readable zip archive"
-        ) from exc
+    yield len(files), iter(files)
 
 
 def _hidden(path: str) -> bool:
@@ -133,35 +134,32 @@ def _hidden(path: str) -> bool:
 
 
 def decode(ctx: StepContext, data: Any) -> dict[str, Any]:
-    files = _files(ctx, data)
-    if not files:
-        raise InvalidInput("the album has no images")
-    preprocessor = ImagePreprocessor(PREPROCESSING, MAX_IMAGE_PIXELS)
-    pixels = np.empty((len(files), 3, 224, 224), dtype=np.float32)
-    thumbs = np.empty((len(files), THUMB - 1, THUMB), dtype=np.float32)
-    colours = np.empty((len(files), 3), dtype=np.float32)
-    for i, (name, content) in enumerate(files):
-        ctx.check_cancelled()
-        one = np.empty(1, dtype=object)
-        one[0] = content
-        try:
-            tensor = preprocessor({"image": one}).inputs["input"][0]
-        except InvalidInput:
-            raise StepError(
-                "INPUT_DECODE_FAILED", f"'{name}' is not a decodable JPEG, PNG or WebP image"
-            ) from None
-        pixels[i] = tensor
-        rgb = tensor * PREPROCESSING.std + PREPROCESSING.mean  # back to 0..255 for features
-        colours[i] = rgb.reshape(3, -1).mean(axis=1)
-        grey = rgb.mean(axis=0)
-        thumbs[i] = _shrink(grey, THUMB - 1, THUMB)
-        ctx.progress((i + 1) / len(files))
-    return {
-        "names": [name for name, _ in files],
-        "input": pixels,
-        "thumbs": thumbs,
-        "colours": colours,
-    }
+    with _files(ctx, data) as (count, files):
+        if not count:
+            raise InvalidInput("the album has no images")
+        preprocessor = ImagePreprocessor(PREPROCESSING, MAX_IMAGE_PIXELS)
+        names: list[str] = []
+        pixels = np.empty((count, 3, 224, 224), dtype=np.float32)
+        thumbs = np.empty((count, THUMB - 1, THUMB), dtype=np.float32)
+        colours = np.empty((count, 3), dtype=np.float32)
+        for i, (name, content) in enumerate(files):
+            ctx.check_cancelled()
+            one = np.empty(1, dtype=object)
+            one[0] = content
+            try:
+                tensor = preprocessor({"image": one}).inputs["input"][0]
+            except InvalidInput:
+                raise StepError(
+                    "INPUT_DECODE_FAILED", f"'{name}' is not a decodable JPEG, PNG or WebP image"
+                ) from None
+            names.append(name)
+            pixels[i] = tensor
+            rgb = tensor * PREPROCESSING.std + PREPROCESSING.mean  # back to 0..255 for features
+            colours[i] = rgb.reshape(3, -1).mean(axis=1)
+            grey = rgb.mean(axis=0)
+            thumbs[i] = _shrink(grey, THUMB - 1, THUMB)
+            ctx.progress((i + 1) / count)
+    return {"names": names, "input": pixels, "thumbs": thumbs, "colours": colours}
 
 
 def _shrink(image: Array, rows: int, cols: int) -> Array:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -103,6 +103,11 @@ class StepContext(Protocol):
     def read_upload(self) -> bytes:
         """The file uploaded with the job (e.g. a zip archive), from a sync step;
         StepError INVALID_INPUT if the job has none."""
+        ...
+
+    def open_upload(self) -> BinaryIO:
+        """The uploaded file as a seekable file object (the caller closes it), to
+        read in pieces instead of whole; InvalidInput if the job has none."""
         ...
 
 

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -75,6 +75,12 @@ class Context:
         if ref is None:
             raise InvalidInput("no file was uploaded with this job")
         return asyncio.run_coroutine_threadsafe(self._runner.blobs.get(ref), self._loop).result()
+
+    def open_upload(self) -> BinaryIO:
+        ref = self._control.job.upload_ref
+        if ref is None:
+            raise InvalidInput("no file was uploaded with this job")
+        return self._runner.blobs.open_file(ref)  # a local open: no hop through the loop
 
 
 class PipelineRun:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 
+from modelplex.jobs.batches import CREATION_LIMIT_S
 from modelplex.jobs.supervisor import WorkerSupervisor
 from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
 from modelplex.retry import Backoff
@@ -67,9 +68,11 @@ class JobSystem:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def purge_once(self) -> int:
-        """Delete finished jobs past retention, and their blobs; returns how many."""
+        """Delete finished jobs past retention and abandoned batches, and their blobs;
+        returns how many jobs."""
         cutoff = time.time() - self._settings.job_retention_hours * 3600
         removed = await self._store.purge(cutoff)
+        removed += await self._store.purge_abandoned_batches(time.time() - CREATION_LIMIT_S)
         for job in removed:
             for ref in (job.input_ref, job.result_ref, job.upload_ref):
                 if ref is not None:

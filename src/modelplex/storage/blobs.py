@@ -33,6 +33,11 @@ class BlobStore(Protocol):
 
     async def get(self, ref: str) -> bytes: ...
 
+    def open_file(self, ref: str) -> BinaryIO:
+        """The blob as a seekable file, to read in pieces from a worker thread
+        (a remote store would download it to a temporary file first)."""
+        ...
+
     async def delete(self, ref: str) -> None: ...
 
 
@@ -87,6 +92,14 @@ class LocalBlobStore:
         path = self._path(ref)
         try:
             return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {ref} not found") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
+
+    def open_file(self, ref: str) -> BinaryIO:
+        try:
+            return self._path(ref).open("rb")
         except FileNotFoundError:
             raise BlobNotFound(f"blob {ref} not found") from None
         except OSError as exc:

@@ -121,7 +121,11 @@ class JobStore(Protocol):
 
 class BatchStore(Protocol):
     async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
-        """The batch and its chunk jobs, at once; with no chunks it is finished."""
+        """The batch, its refused lines and its chunk jobs. SQL writes them in bounded
+        transactions (other writers take turns between them): the batch is CREATING,
+        and its chunks cannot be claimed, until the last one is in; then it is
+        PROCESSING (with no chunks, COMPLETED). A creation that fails midway is undone;
+        one whose process died stays CREATING until `purge_abandoned_batches`."""
         ...
 
     async def get_batch(self, batch_id: str) -> Batch | None: ...
@@ -130,9 +134,22 @@ class BatchStore(Protocol):
         """Chunk jobs in order, after chunk index `after_index`."""
         ...
 
+    async def batch_refusals(
+        self, batch_id: str, after_line: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Lines refused at submission, by line number, after line `after_line`."""
+        ...
+
     async def cancel_batch(self, batch_id: str) -> Batch | None:
         """Cancel queued chunks at once and flag running ones; the batch is CANCELLED
-        (finished when its last chunk ends). None if there is no such batch."""
+        (finished when its last chunk ends). A batch still CREATING is left as it is.
+        None if there is no such batch."""
+        ...
+
+    async def purge_abandoned_batches(self, created_before: float, limit: int = 100) -> list[Job]:
+        """Delete batches still CREATING that were created before the cutoff (their
+        creator died; nobody was told their id), with their chunks and refusals;
+        return the deleted chunks (for their blobs)."""
         ...
 
 

@@ -39,6 +39,7 @@ from modelplex.records import (
     pending_steps,
 )
 from modelplex.storage.interface import DuplicateKey, Store
+from modelplex.storage.memory_batches import BatchReads, Lines
 
 _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _Table = dict[Any, frozenset[Any]]
@@ -97,7 +98,7 @@ def _holds(job: Job, lease: Lease | None) -> bool:
     return lease is None or (job.lease_owner == lease.worker and job.attempts == lease.attempt)
 
 
-class MemoryStore:
+class MemoryStore(BatchReads):
     """The `Store` on dicts, one per process."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -106,6 +107,7 @@ class MemoryStore:
         self._keys: dict[str, str] = {}  # idempotency key -> job id
         self._batches: dict[str, Batch] = {}
         self._chunks: dict[str, list[str]] = {}  # batch id -> chunk job ids, by chunk index
+        self._refusals: dict[str, Lines] = {}  # batch id -> lines refused, by line number
         self._outbox: dict[str, _Outbox] = {}
 
     async def close(self) -> None:
@@ -290,6 +292,7 @@ class MemoryStore:
         for batch_id in batches[:limit]:
             removed += [self._jobs[i] for i in self._chunks.pop(batch_id)]
             del self._batches[batch_id]
+            self._refusals.pop(batch_id, None)
         gone = {j.id for j in removed}
         self._jobs = {i: j for i, j in self._jobs.items() if i not in gone}
         self._keys = {k: i for k, i in self._keys.items() if i not in gone}
@@ -300,29 +303,21 @@ class MemoryStore:
     async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
         self._check_keys(chunk_jobs)
         now = self._clock()
-        chunks = len(chunk_jobs)
+        chunks, refused = len(chunk_jobs), len(batch.invalid_lines)
         record = Batch(
             id=new_id("batch"), kind=batch.kind, target=batch.target, version=batch.version,
-            # With no chunks (every line refused) there is nothing left to run.
-            status=BatchStatus.PROCESSING if chunks else BatchStatus.COMPLETED,
-            total=batch.total, completed=0, failed=len(batch.invalid_lines), chunks=chunks,
-            chunks_done=0, invalid_lines=deepcopy(batch.invalid_lines),
-            metadata=deepcopy(batch.metadata), created_at=now, finished_at=None if chunks else now,
+            status=BatchStatus.PROCESSING, total=batch.total, completed=0, failed=refused,
+            chunks=chunks, chunks_done=0, refused=refused, metadata=deepcopy(batch.metadata),
+            created_at=now, finished_at=None,
         )  # fmt: skip
         self._batches[record.id] = record
+        self._refusals[record.id] = sorted(deepcopy(batch.invalid_lines), key=lambda r: r["line"])
         members = [_new_job(j, now, record.id, i) for i, j in enumerate(chunk_jobs)]
         for job in members:
             self._insert(job)
         self._chunks[record.id] = [j.id for j in members]
+        self._count_chunks(record.id, 0, (0, 0), now)  # one step: never CREATING; no chunks: done
         return deepcopy(record)
-
-    async def get_batch(self, batch_id: str) -> Batch | None:
-        return deepcopy(self._batches.get(batch_id))
-
-    async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
-        ids = self._chunks.get(batch_id, [])
-        start = max(after_index + 1, 0)  # list position == chunk index
-        return [deepcopy(self._jobs[i]) for i in ids[start : start + limit]]
 
     async def cancel_batch(self, batch_id: str) -> Batch | None:
         batch = self._batches.get(batch_id)

@@ -1,12 +1,16 @@
-"""Batches: a row of counters over chunk jobs, updated in the chunks' own transactions."""
+"""Batches: a row of counters over chunk jobs, updated in the chunks' own transactions,
+and the lines refused at submission, one row each."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from modelplex.errors import StoreUnavailable
 from modelplex.records import (
     BATCH_ALLOWED_FROM,
     CANCELLED_BY_REQUEST,
@@ -20,28 +24,79 @@ from modelplex.records import (
 )
 from modelplex.storage.sql.base import SqlBase
 from modelplex.storage.sql.guarded import status_update
-from modelplex.storage.sql.rows import batch_from_row, job_from_row, new_batch_row, new_job_row
-from modelplex.storage.sql.schema import batches, jobs
+from modelplex.storage.sql.rows import (
+    batch_from_row,
+    job_from_row,
+    new_batch_row,
+    new_job_row,
+    refusal_from_row,
+    refusal_row,
+)
+from modelplex.storage.sql.schema import batch_refusals, batches, jobs
 
 _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
-_INSERT_ROWS = 500
+_CHUNKS_PER_TX = 100
+_REFUSALS_PER_TX = 1000
+NOT_YET = 1e15
+"""`run_at` of a chunk whose batch is still CREATING: no claim finds it due."""
 
 
 class BatchQueries(SqlBase):
     async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
+        """In bounded transactions, so that other writers (SQLite has one at a time)
+        take turns with a big batch: the CREATING row, the refusals, the chunks
+        (which no claim sees: they are due only once the batch is sealed), then the
+        seal. A failure midway deletes what was written."""
         now = self._clock()
         row = new_batch_row(batch, len(chunk_jobs), now)
-        chunk_rows = [
-            new_job_row(job, now, batch_id=row["id"], chunk_index=index)
-            for index, job in enumerate(chunk_jobs)
-        ]
+        batch_id = row["id"]
         async with self._tx() as conn:
-            created = (
-                await conn.execute(insert(batches).values(**row).returning(*batches.c))
-            ).one()
-            for start in range(0, len(chunk_rows), _INSERT_ROWS):
-                await conn.execute(insert(jobs), chunk_rows[start : start + _INSERT_ROWS])
-        return batch_from_row(created)
+            await conn.execute(insert(batches).values(**row))
+        try:
+            for start in range(0, len(batch.invalid_lines), _REFUSALS_PER_TX):
+                part = batch.invalid_lines[start : start + _REFUSALS_PER_TX]
+                async with self._tx() as conn:
+                    await conn.execute(
+                        insert(batch_refusals), [refusal_row(batch_id, r) for r in part]
+                    )
+            for start in range(0, len(chunk_jobs), _CHUNKS_PER_TX):
+                chunk_rows = [
+                    {**new_job_row(job, now, batch_id=batch_id, chunk_index=index),
+                     "run_at": NOT_YET}
+                    for index, job in enumerate(
+                        chunk_jobs[start : start + _CHUNKS_PER_TX], start=start
+                    )
+                ]  # fmt: skip
+                async with self._tx() as conn:
+                    await conn.execute(insert(jobs), chunk_rows)
+            return await self._seal(batch_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # if the database is gone, retention is not
+                await self._delete_batches([batch_id])
+            raise
+
+    async def _seal(self, batch_id: str) -> Batch:
+        """Every chunk is in: make them due and the batch PROCESSING (with no chunks,
+        COMPLETED at once), in one transaction."""
+        now = self._clock()
+        async with self._tx() as conn:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(run_at=now, updated_at=now)
+            )
+            sealed = await conn.execute(
+                status_update(
+                    batches, BatchStatus.PROCESSING, BATCH_ALLOWED_FROM, batches.c.id == batch_id
+                )
+            )
+            if sealed.rowcount != 1:  # retention took it for abandoned: start again
+                raise StoreUnavailable("the batch took too long to create; submit it again")
+            await self._count_chunks(conn, batch_id, 0, (0, 0), now)
+            found = await self._get_batch(conn, batch_id)
+        if found is None:  # the row was just updated in this transaction
+            raise StoreUnavailable("the batch disappeared while it was created")
+        return found
 
     async def get_batch(self, batch_id: str) -> Batch | None:
         async with self._read() as conn:
@@ -58,14 +113,63 @@ class BatchQueries(SqlBase):
             rows = (await conn.execute(query)).all()
         return [job_from_row(r) for r in rows]
 
+    async def batch_refusals(
+        self, batch_id: str, after_line: int, limit: int
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(batch_refusals)
+            .where(batch_refusals.c.batch_id == batch_id, batch_refusals.c.line > after_line)
+            .order_by(batch_refusals.c.line)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [refusal_from_row(r) for r in rows]
+
+    async def purge_abandoned_batches(self, created_before: float, limit: int = 100) -> list[Job]:
+        query = (
+            select(batches.c.id)
+            .where(
+                batches.c.status == BatchStatus.CREATING.value,
+                batches.c.created_at < created_before,
+            )
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            abandoned = list((await conn.execute(query)).scalars().all())
+        return await self._delete_batches(abandoned) if abandoned else []
+
+    async def _delete_batches(self, batch_ids: list[str]) -> list[Job]:
+        """Batches that never finished creating, with their chunks, a bounded number
+        of chunks per transaction; the batch row goes last (its refusals cascade)."""
+        removed: list[Job] = []
+        for batch_id in batch_ids:
+            while True:
+                async with self._tx() as conn:
+                    status = (
+                        await conn.execute(select(batches.c.status).where(batches.c.id == batch_id))
+                    ).scalar()
+                    if status != BatchStatus.CREATING.value:
+                        break  # sealed meanwhile (or gone): it is not abandoned
+                    query = select(jobs).where(jobs.c.batch_id == batch_id).limit(_CHUNKS_PER_TX)
+                    chunk_rows = (await conn.execute(query)).all()
+                    if not chunk_rows:
+                        await conn.execute(delete(batches).where(batches.c.id == batch_id))
+                        break
+                    ids = [r._mapping["id"] for r in chunk_rows]
+                    await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+                    removed += [job_from_row(r) for r in chunk_rows]
+        return removed
+
     async def cancel_batch(self, batch_id: str) -> Batch | None:
         """Queued chunks are cancelled at once (the guarded QUEUED -> CANCELLED
         transition, set-based), running ones flagged. Chunk rows are locked before
         the batch row, the order every transition uses, so the two cannot deadlock."""
         now = self._clock()
         async with self._tx() as conn:
-            if await self._get_batch(conn, batch_id) is None:
-                return None
+            found = await self._get_batch(conn, batch_id)
+            if found is None or found.status is BatchStatus.CREATING:
+                return found  # still being created: none of its chunks runs yet
             cancel_queued = status_update(
                 jobs, JobStatus.CANCELLED, JOB_ALLOWED_FROM, jobs.c.batch_id == batch_id,
                 only_from=_QUEUED_ONLY,

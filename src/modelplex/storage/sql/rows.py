@@ -86,7 +86,7 @@ def batch_from_row(row: Any) -> Batch:
         failed=m["failed"],
         chunks=m["chunks"],
         chunks_done=m["chunks_done"],
-        invalid_lines=m["invalid_lines"] or [],
+        refused=m["refused"],
         metadata=m["batch_metadata"],
         created_at=m["created_at"],
         finished_at=m["finished_at"],
@@ -126,20 +126,34 @@ def new_job_row(
 
 
 def new_batch_row(batch: NewBatch, chunks: int, now: float) -> dict[str, Any]:
-    """A batch with `chunks` chunk jobs; one with none (every line refused) is finished."""
+    """A batch being created, with `chunks` chunk jobs to come."""
     return {
         "id": new_id("batch"),
         "kind": batch.kind.value,
         "target": batch.target,
         "version": batch.version,
-        "status": (BatchStatus.PROCESSING if chunks else BatchStatus.COMPLETED).value,
+        "status": BatchStatus.CREATING.value,
         "total": batch.total,
         "completed": 0,
         "failed": len(batch.invalid_lines),
         "chunks": chunks,
         "chunks_done": 0,
-        "invalid_lines": batch.invalid_lines,
+        "refused": len(batch.invalid_lines),
         "batch_metadata": batch.metadata,
         "created_at": now,
-        "finished_at": None if chunks else now,
+        "finished_at": None,
     }
+
+
+def refusal_row(batch_id: str, refusal: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "line": refusal["line"],
+        "custom_id": refusal.get("custom_id"),
+        "error": refusal["error"],
+    }
+
+
+def refusal_from_row(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {"custom_id": m["custom_id"], "line": m["line"], "error": m["error"]}

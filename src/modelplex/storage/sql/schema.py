@@ -97,8 +97,18 @@ batches = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("chunks", Integer, nullable=False),
     Column("chunks_done", Integer, nullable=False, default=0),
-    Column("invalid_lines", JSON),  # lines refused at submission, with their errors
+    Column("refused", Integer, nullable=False, default=0),  # of `failed`: refused lines
     Column("batch_metadata", JSON),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
+)
+
+# One row per line refused at submission, so reading a batch never parses them all.
+batch_refusals = Table(
+    "batch_refusals",
+    metadata,
+    Column("batch_id", String(40), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("custom_id", String(256)),
+    Column("error", JSON, nullable=False),
 )
