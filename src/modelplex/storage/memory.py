@@ -9,9 +9,10 @@ caller mutating what it passed or got back cannot reach into the store.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from enum import StrEnum
@@ -107,6 +108,30 @@ class MemoryStore:
         self._batches: dict[str, Batch] = {}
         self._chunks: dict[str, list[str]] = {}  # batch id -> chunk job ids, by chunk index
         self._outbox: dict[str, _Outbox] = {}
+        self._watchers: list[asyncio.Event] = []
+
+    @property
+    def shared_wakeups(self) -> bool:
+        return False  # one process's store: nobody else can change it
+
+    async def watch(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._watchers.append(event)
+        return event
+
+    def _wake(self) -> None:
+        for event in self._watchers:
+            event.set()
+
+    async def next_due_in(self) -> float | None:
+        now = self._clock()
+        times = [j.run_at for j in self._jobs.values() if j.status is JobStatus.QUEUED]
+        times += [
+            j.lease_expires_at
+            for j in self._jobs.values()
+            if j.status is JobStatus.PROCESSING and j.lease_expires_at is not None
+        ]
+        return max(0.0, min(times) - now) if times else None
 
     async def close(self) -> None:
         """Nothing to release: the store goes with the process."""
@@ -115,6 +140,7 @@ class MemoryStore:
         self._check_keys([job])
         record = _new_job(job, self._clock())
         self._insert(record)
+        self._wake()
         return deepcopy(record)
 
     def _check_keys(self, new: Iterable[NewJob]) -> None:
@@ -174,6 +200,8 @@ class MemoryStore:
         for job in lost + due[: limit - len(lost)]:
             if not _move(job, JobStatus.PROCESSING, JOB_ALLOWED_FROM):
                 continue
+            if job.id in lost_owners:  # its worker was lost: a crash, not its own failure
+                job.crashes += 1
             job.lease_owner, job.lease_expires_at = worker, now + lease_s
             job.attempts += 1
             job.started_at = now if job.started_at is None else job.started_at
@@ -185,14 +213,18 @@ class MemoryStore:
         return claimed
 
     async def heartbeat(
-        self, worker: str, job_ids: Sequence[str], lease_s: float
+        self, worker: str, attempts: Mapping[str, int], lease_s: float
     ) -> dict[str, bool]:
         now = self._clock()
         held: dict[str, bool] = {}
-        for job_id in sorted(set(job_ids)):
+        for job_id in sorted(attempts):
             job = self._jobs.get(job_id)
-            # As in SQL, a lease that expired but nobody re-claimed is still the worker's.
-            if job is None or job.lease_owner != worker or job.status is not JobStatus.PROCESSING:
+            if job is None or job.status is not JobStatus.PROCESSING:
+                continue
+            if not _holds(job, Lease(worker, attempts[job_id])):
+                continue
+            # Expired is expired, even if nobody claimed it yet: as in SQL.
+            if job.lease_expires_at is None or job.lease_expires_at < now:
                 continue
             job.lease_expires_at = now + lease_s
             held[job_id] = job.cancel_requested
@@ -218,7 +250,12 @@ class MemoryStore:
             return None
         if not _move(job, to, JOB_ALLOWED_FROM, only_from):
             return None
-        self._changed(job, fields, self._clock(), deliveries_out, batch_delta)
+        now = self._clock()
+        if "run_after_s" in fields:
+            fields["run_at"] = now + fields.pop("run_after_s")
+        self._changed(job, fields, now, deliveries_out, batch_delta)
+        if to is JobStatus.QUEUED:
+            self._wake()
         return deepcopy(job)
 
     def _changed(
@@ -247,6 +284,7 @@ class MemoryStore:
         job.attempts -= 1  # the attempt never ran to an outcome: it does not count
         steps = pending_steps([step["name"] for step in job.steps])  # it runs from the start
         self._changed(job, {"run_at": now, "steps": steps, "progress": 0.0}, now)
+        self._wake()
         return deepcopy(job)
 
     async def update_progress(
@@ -314,6 +352,8 @@ class MemoryStore:
         for job in members:
             self._insert(job)
         self._chunks[record.id] = [j.id for j in members]
+        if members:
+            self._wake()
         return deepcopy(record)
 
     async def get_batch(self, batch_id: str) -> Batch | None:
