@@ -414,10 +414,14 @@ async def test_lost_leases_are_claimed_before_queued_jobs(store: Store, clock: F
     retaken = await claim_one(store, "w2")
     assert (retaken.id, retaken.previous_owner) == (lost.id, "w1")
     assert (await claim_one(store, "w2")).id == urgent.id
-    # Both in one claim: the answer lists them by priority, the order to start them in.
+    # Lost together, claimed apart (a poison job must not take its neighbours down
+    # again): one lost job per claim, then queued ones.
     clock.advance(LEASE + 1)
-    both = await store.claim("w3", 2, lease_s=LEASE)
-    assert [(j.id, j.previous_owner) for j in both] == [(urgent.id, "w2"), (lost.id, "w2")]
+    fresh = await store.create(new_job())
+    first = await store.claim("w3", 3, lease_s=LEASE)
+    assert [(j.id, j.previous_owner) for j in first] == [(lost.id, "w2"), (fresh.id, None)]
+    second = await store.claim("w4", 3, lease_s=LEASE)
+    assert [(j.id, j.previous_owner) for j in second] == [(urgent.id, "w2")]
 
 
 async def test_heartbeat_extends_only_held_leases_and_reports_cancels(

@@ -124,7 +124,9 @@ async def wake_on_stdin(wake: Callable[[], None]) -> None:
     stdin. Returns at once if stdin is not a pipe (a worker started by hand), and
     when the pipe closes."""
     try:
-        if not stat.S_ISFIFO(os.fstat(0).st_mode):
+        mode = os.fstat(0).st_mode
+        # asyncio gives a child's stdin as a socket pair; a shell, as a pipe.
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return
     except OSError:
         return

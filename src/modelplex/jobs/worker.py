@@ -106,6 +106,8 @@ class Worker:
         self._running: dict[str, tuple[asyncio.Task[None], JobControl]] = {}
         self._slot_free = asyncio.Event()
         self._woken: asyncio.Event | None = None
+        self._busy = asyncio.Event()
+        """Set while a job runs: an idle worker's heartbeat loop sleeps on it."""
 
     def wake(self) -> None:
         """Look for jobs now (called when another process says it queued some)."""
@@ -161,6 +163,7 @@ class Worker:
         control = JobControl(job)
         task = asyncio.create_task(self._run_job(job, control), name=f"job:{job.id}")
         self._running[job.id] = (task, control)
+        self._busy.set()
 
         def done(finished: asyncio.Task[None]) -> None:
             # A re-claim of the same job by this worker may have replaced the entry.
@@ -309,6 +312,9 @@ class Worker:
         interval = self._config.lease_s / 3
         last_renew = 0.0
         while True:
+            if not self._running:  # nothing to renew or flush: no timer while idle
+                self._busy.clear()
+                await self._busy.wait()
             await asyncio.sleep(min(0.5, interval))
             try:
                 if time.monotonic() - last_renew >= interval and self._running:

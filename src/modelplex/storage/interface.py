@@ -59,8 +59,8 @@ class JobStore(Protocol):
         ...
 
     async def claim(self, worker: str, limit: int, lease_s: float) -> list[Job]:
-        """Take up to `limit` runnable jobs with a lease: PROCESSING ones whose lease
-        expired (their worker died) first, then due QUEUED ones by priority and age.
+        """Take up to `limit` runnable jobs with a lease: one PROCESSING job whose lease
+        expired (its worker died) first, then due QUEUED ones by priority and age.
         Each claim counts an attempt; the claim of an expired lease also counts a
         crash (`Job.crashes`). Leases and due times are judged by the store's clock
         (the SQL store's: the database's), never the claiming worker's."""

@@ -192,7 +192,7 @@ class MemoryStore:
         jobs = self._by_id()
         lost = [
             j for j in jobs if j.status is JobStatus.PROCESSING and _before(j.lease_expires_at, now)
-        ][:limit]
+        ][: min(limit, 1)]  # one per claim, as in SQL
         lost_owners = {j.id: j.lease_owner for j in lost}
         due = [j for j in jobs if j.status is JobStatus.QUEUED and j.run_at <= now]
         due.sort(key=lambda j: (-j.priority, j.run_at))  # stable: ties stay in id order

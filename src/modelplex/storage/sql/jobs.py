@@ -174,15 +174,17 @@ class SqlStore(TransitionQueries):
 
     # -- the queue -----------------------------------------------------------
     async def claim(self, worker: str, limit: int, lease_s: float) -> list[Job]:
-        """Take up to `limit` runnable jobs: PROCESSING ones whose lease expired
-        (their worker died: a crash), then due QUEUED ones, highest priority first."""
+        """Take up to `limit` runnable jobs: one PROCESSING job whose lease expired
+        (its worker died: a crash), then due QUEUED ones, highest priority first.
+        One lost job per claim: jobs that died together (a poison job and the
+        neighbours it took down) go to different claims, not down together again."""
         now = self._now()
         # Two index scans rather than one OR: with an OR the planner sorts every
         # runnable row to find the first few, and the queue can hold millions.
         lost = (
             select(jobs.c.id, jobs.c.lease_owner)
             .where(jobs.c.status == JobStatus.PROCESSING.value, jobs.c.lease_expires_at < now)
-            .limit(limit)
+            .limit(1)
             .with_for_update(skip_locked=True)
         )
         queued = (
