@@ -10,11 +10,9 @@ caller mutating what it passed or got back cannot reach into the store.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,8 +25,6 @@ from modelplex.records import (
     Batch,
     BatchStatus,
     Clock,
-    Delivery,
-    DeliveryStatus,
     Job,
     JobChanges,
     JobStatus,
@@ -40,6 +36,7 @@ from modelplex.records import (
     pending_steps,
 )
 from modelplex.storage.interface import DuplicateKey, Store
+from modelplex.storage.memory_outbox import MemoryOutbox, OutboxEntry
 
 _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _Table = dict[Any, frozenset[Any]]
@@ -60,19 +57,6 @@ def _move(
         return False
     record.status = to
     return True
-
-
-@dataclass(slots=True)
-class _Outbox:
-    """A delivery and its dispatcher's lease (the record itself has no lease)."""
-
-    delivery: Delivery
-    lease: tuple[str, float] | None = None  # owner, expires at
-
-    def due(self, now: float) -> bool:
-        """PENDING, due, and held by nobody (or by a dispatcher whose lease expired)."""
-        d, free = self.delivery, self.lease is None or self.lease[1] < now
-        return d.status is DeliveryStatus.PENDING and d.next_attempt_at <= now and free
 
 
 def _before(at: float | None, cutoff: float) -> bool:
@@ -98,7 +82,7 @@ def _holds(job: Job, lease: Lease | None) -> bool:
     return lease is None or (job.lease_owner == lease.worker and job.attempts == lease.attempt)
 
 
-class MemoryStore:
+class MemoryStore(MemoryOutbox):
     """The `Store` on dicts, one per process."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -107,7 +91,7 @@ class MemoryStore:
         self._keys: dict[str, str] = {}  # idempotency key -> job id
         self._batches: dict[str, Batch] = {}
         self._chunks: dict[str, list[str]] = {}  # batch id -> chunk job ids, by chunk index
-        self._outbox: dict[str, _Outbox] = {}
+        self._outbox: dict[str, OutboxEntry] = {}
         self._watchers: list[asyncio.Event] = []
 
     @property
@@ -391,48 +375,6 @@ class MemoryStore:
             _move(batch, BatchStatus.COMPLETED, BATCH_ALLOWED_FROM)
             if batch.finished_at is None:
                 batch.finished_at = now
-
-    def _write_outbox(self, job_id: str, items: Sequence[NewDelivery], now: float) -> None:
-        """Called only once the change that causes them has happened."""
-        for item in items:
-            delivery = Delivery(
-                id=new_id("msg"), job_id=job_id, event=item.event, url=item.url,
-                payload=deepcopy(item.payload), status=DeliveryStatus.PENDING, attempts=[],
-                next_attempt_at=now, created_at=now,
-            )  # fmt: skip
-            self._outbox[delivery.id] = _Outbox(delivery)
-
-    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
-        now = self._clock()
-        due = [o for o in self._outbox.values() if o.due(now)]
-        due = sorted(due, key=lambda o: (o.delivery.next_attempt_at, o.delivery.id))[:limit]
-        for outbox in due:
-            outbox.lease = (owner, now + lease_s)
-        return [deepcopy(o.delivery) for o in due]
-
-    async def record_delivery(
-        self,
-        delivery_id: str,
-        owner: str,
-        attempts: list[dict[str, Any]],
-        status: DeliveryStatus,
-        next_attempt_at: float,
-    ) -> bool:
-        outbox = self._outbox.get(delivery_id)
-        if outbox is None or outbox.lease is None or outbox.lease[0] != owner:
-            return False
-        # A delivery's status is the dispatcher's verdict, not a state machine with
-        # a table (SQL writes it unguarded too): the lease is the only guard.
-        outbox.delivery = dataclasses.replace(
-            outbox.delivery, attempts=deepcopy(attempts), status=status,
-            next_attempt_at=next_attempt_at,
-        )  # fmt: skip
-        outbox.lease = None
-        return True
-
-    async def list_deliveries(self, job_id: str) -> list[Delivery]:
-        mine = [o.delivery for o in self._outbox.values() if o.delivery.job_id == job_id]
-        return [deepcopy(d) for d in sorted(mine, key=lambda d: (d.created_at, d.id))]
 
 
 if TYPE_CHECKING:
