@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 from modelplex.core.dataplane import DataPlane
@@ -22,7 +21,7 @@ from modelplex.jobs.batches import BatchService
 from modelplex.jobs.pipelines import PipelineRegistry
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.service import JobService
-from modelplex.jobs.supervisor import worker_environment
+from modelplex.jobs.supervisor import wake_on_stdin, worker_environment
 from modelplex.jobs.system import JobSystem
 from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
 from modelplex.jobs.worker import Worker, WorkerConfig
@@ -55,6 +54,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         concurrency=settings.worker_concurrency,
         lease_s=settings.job_lease_s,
         poll_s=settings.job_poll_s,
+        max_crashes=settings.job_max_crashes,
         drain_s=settings.job_drain_s,
         blob_threshold_bytes=settings.blob_threshold_bytes,
         retry=RetryPolicy(
@@ -74,8 +74,10 @@ class Modelplex:
         repository: Path,
         *,
         store: Store | None = None,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock`: stands in for the job database's clock (tests); None reads the
+        database's own."""
         self.settings = settings
         self.repository = repository
         self.registry = ModelRegistry(repository, settings)
@@ -84,7 +86,9 @@ class Modelplex:
         self.pipelines = PipelineRegistry(repository)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self._own_store = store is None
-        self.store: Store = store or SqlStore.connect(database_url(settings), clock)
+        self.store: Store = store or SqlStore.connect(
+            database_url(settings), clock, command_timeout_s=settings.database_command_timeout_s
+        )
         self.jobs = JobService(self.store, self.blobs, self.dataplane, self.pipelines, settings)
         self.batches = BatchService(self.store, self.jobs)
         self._background: JobSystem | None = None
@@ -141,7 +145,9 @@ class ModelplexWorker:
         self.pipelines = PipelineRegistry(repository)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self._own_store = store is None
-        self.store: Store = store or SqlStore.connect(database_url(settings))
+        self.store: Store = store or SqlStore.connect(
+            database_url(settings), command_timeout_s=settings.database_command_timeout_s
+        )
         runner = JobRunner(self.dataplane, self.pipelines, self.blobs)
         self.worker = Worker(self.store, runner, self.blobs, worker_config(settings))
 
@@ -153,7 +159,12 @@ class ModelplexWorker:
             await asyncio.to_thread(self.registry.load_all)
             await asyncio.to_thread(self.pipelines.load_all)
             tune_gc(self.settings.gc_gen0_threshold)
-            await self.worker.run(stop)
+            # `modelplex serve` wakes its own workers through their stdin.
+            waking = asyncio.create_task(wake_on_stdin(self.worker.wake), name="wake-pipe")
+            try:
+                await self.worker.run(stop)
+            finally:
+                waking.cancel()
         finally:
             await self.registry.close()
             self.dataplane.close()

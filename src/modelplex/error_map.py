@@ -115,6 +115,8 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.StepFailed: _row("STEP_FAILED", 500, 500, G.INTERNAL, "Step failed", retryable=True),
     errors.RunnerFailed: _row("INTERNAL", 500, 500, G.INTERNAL, "Internal error", retryable=True),
     errors.WorkerLost: _row("LEASE_EXPIRED", 500, 500, G.INTERNAL, "Worker lost"),
+    # A poison job (one that kills every worker that runs it) must stop here.
+    errors.WorkerCrashed: _row("WORKER_CRASHED", 500, 500, G.INTERNAL, "Worker crashed"),
     errors.ResultNotSerializable: _row(
         "RESULT_NOT_SERIALIZABLE", 500, 500, G.INTERNAL, "Result not serializable"
     ),

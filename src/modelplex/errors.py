@@ -35,7 +35,8 @@ job that failed with them may be retried.
         ├── InferenceFailed     the model raised while running a batch
         ├── StepFailed          a pipeline step raised something unexpected
         ├── RunnerFailed        the job runner itself failed (a bug; retried)
-        ├── WorkerLost          every worker that held the job died
+        ├── WorkerLost          the job's worker died (an attempt lost; it runs again)
+        ├── WorkerCrashed       the job's workers died every time: its crash budget is spent
         └── ResultNotSerializable
 
 Each class's docstring is its default message.
@@ -182,6 +183,10 @@ class RunnerFailed(InternalError):
 
 class WorkerLost(InternalError):
     """The job's worker was lost."""
+
+
+class WorkerCrashed(InternalError):
+    """The job's worker was lost on every attempt; the job is not run again."""
 
 
 class ResultNotSerializable(InternalError):

@@ -26,7 +26,8 @@ from modelplex import errors
 from modelplex.error_map import wire_error
 
 Clock = Callable[[], float]
-"""Epoch seconds (`time.time`); stores and workers take one so tests can move time."""
+"""Epoch seconds (`time.time`); stores and workers take one so tests can move time.
+The SQL store judges leases and due times by the database's clock, not this one."""
 
 
 class JobStatus(StrEnum):
@@ -145,6 +146,7 @@ class Job:
     idempotency_key: str | None
     request_hash: str | None
     attempts: int
+    """Claims of the job (the lease's fencing token): its own attempts plus `crashes`."""
     max_attempts: int
     history: list[dict[str, Any]]
     steps: list[dict[str, Any]]
@@ -159,12 +161,20 @@ class Job:
     updated_at: float
     batch_id: str | None
     chunk_index: int | None
+    crashes: int = 0
+    """Attempts that ended with their worker lost (the lease expired and the job
+    was claimed again): they spend the crash budget, not `max_attempts`."""
     previous_owner: str | None = None
     """On a claim: who held the lease before (set when a lost attempt is re-claimed)."""
 
     @property
     def lease(self) -> Lease:
         return Lease(self.lease_owner or "", self.attempts)
+
+    @property
+    def own_attempts(self) -> int:
+        """Attempts that ran to an outcome of the job's own (crashes not counted)."""
+        return self.attempts - self.crashes
 
 
 @dataclass(slots=True)
@@ -196,7 +206,8 @@ class JobChanges(TypedDict, total=False):
     result: Any
     result_ref: str | None
     error: dict[str, Any] | None
-    run_at: float
+    run_after_s: float
+    """Due again this many seconds from now, by the store's clock (a retry's backoff)."""
 
 
 CHANGEABLE = frozenset(JobChanges.__annotations__)

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     """Job database. Unset: SQLite in `data_dir` (embedded). Scale-out:
     `postgresql+asyncpg://user@host/db`."""
 
+    database_command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """PostgreSQL: longest a statement may take (client and server side) and, up to
+    10 s, a connection attempt; past it the store is unavailable (503) instead of
+    hanging, e.g. during a network partition."""
+
     workers: int = Field(default=1, ge=0, le=64)
     """Worker processes `modelplex serve` starts and supervises (0: none, run
     `modelplex worker` yourself)."""
@@ -144,11 +149,18 @@ class Settings(BaseSettings):
     """How long a claimed job stays a worker's without a heartbeat (renewed every
     third of it); a dead worker's job is claimed again after at most this long."""
 
-    job_poll_s: float = Field(default=0.2, gt=0, le=60)
-    """How often an idle worker looks for new jobs."""
+    job_poll_s: float = Field(default=2.0, gt=0, le=60)
+    """The fallback: how often an idle worker looks for jobs if no wake-up reached
+    it. Submissions wake workers at once (PostgreSQL LISTEN/NOTIFY; a signal from
+    `modelplex serve` to its own workers) and a retry's due time sets a timer."""
 
     job_max_attempts: int = Field(default=3, ge=1, le=100)
-    """Attempts of a job (pipelines may set their own) before it FAILs."""
+    """Attempts of a job (pipelines may set their own) before it FAILs. An attempt
+    whose worker died does not count: see `job_max_crashes`."""
+
+    job_max_crashes: int = Field(default=5, ge=1, le=100)
+    """Times a job's worker may die (lease expired) holding it before the job
+    FAILs with WORKER_CRASHED: a job that kills every worker that runs it."""
 
     job_retry_base_s: float = Field(default=2.0, ge=0)
     """First retry delay; doubles per attempt (with jitter) up to `job_retry_cap_s`."""

@@ -100,3 +100,25 @@ def test_sigterm_lets_the_running_job_finish(
         job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "COMPLETED"
     assert job["attempts"] == 1
+
+
+def test_an_idle_embedded_worker_is_woken_by_a_submission(
+    database: str, jobs_repo: Path, tmp_path: Path
+) -> None:
+    # The fallback poll is a minute: only a wake-up (a byte from `serve` on SQLite,
+    # NOTIFY on PostgreSQL) gets the job run within the wait below.
+    settings = job_settings(tmp_path, database, workers=1, job_poll_s=60.0)
+    with (
+        start(settings, jobs_repo) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        wait_ready(client)
+        first = client.post("/v1/jobs", json={"model": "digits", "input": {"instance": DIGIT}})
+        # The worker may still be starting: the first job proves it is up and idle.
+        assert wait_job(client, first.json()["id"])["status"] == "COMPLETED"
+        for _ in range(3):
+            job_id = client.post(
+                "/v1/jobs", json={"model": "digits", "input": {"instance": DIGIT}}
+            ).json()["id"]
+            url = f"/v1/jobs/{job_id}"
+            assert wait_for(lambda u=url: client.get(u).json()["status"] == "COMPLETED", 20)

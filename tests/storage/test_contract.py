@@ -244,14 +244,16 @@ async def test_a_transition_writes_every_changeable_field(store: Store, clock: F
         "result": [1, 2, 3],
         "result_ref": "blob://result",
         "error": {"code": "X", "message": "boom", "step": "inference"},
-        "run_at": clock() + 60,
+        "run_after_s": 60.0,
     }
     requeued = await store.transition(
         job.id, JobStatus.QUEUED, lease=claimed.lease, changes=changes
     )
     assert requeued is not None
     for name, value in changes.items():
-        assert getattr(requeued, name) == value, name
+        if name != "run_after_s":
+            assert getattr(requeued, name) == value, name
+    assert requeued.run_at == clock() + 60  # the delay, from the store's clock
     assert await get(store, job.id) == requeued
 
 
@@ -373,12 +375,12 @@ async def test_priority_then_age(store: Store, clock: FakeClock) -> None:
 async def test_retry_waits_for_run_at(store: Store, clock: FakeClock) -> None:
     job = await store.create(new_job())
     claimed = await claim_one(store)
-    due = clock() + 30
     requeued = await store.transition(
-        job.id, JobStatus.QUEUED, lease=claimed.lease, changes={"run_at": due}
+        job.id, JobStatus.QUEUED, lease=claimed.lease, changes={"run_after_s": 30.0}
     )
     assert requeued is not None
-    assert requeued.run_at == due
+    assert requeued.run_at == clock() + 30
+    assert await store.next_due_in() == 30.0
     assert await store.claim("w1", 1, lease_s=LEASE) == []
     clock.advance(29.5)
     assert await store.claim("w1", 1, lease_s=LEASE) == []
@@ -397,9 +399,10 @@ async def test_expired_lease_is_claimed_again_and_the_old_holder_is_locked_out(
     second = await claim_one(store, "w2")
     assert second.id == job.id
     assert (second.attempts, second.lease_owner, second.previous_owner) == (2, "w2", "w1")
+    assert (first.crashes, second.crashes, second.own_attempts) == (0, 1, 1)  # a crash
     assert second.started_at == first.started_at
     assert (await get(store, job.id)).previous_owner is None  # only on the claim's answer
-    assert await store.heartbeat("w1", [job.id], lease_s=LEASE) == {}
+    assert await store.heartbeat("w1", {job.id: first.attempts}, lease_s=LEASE) == {}
     assert await store.transition(job.id, JobStatus.COMPLETED, lease=first.lease) is None
     done = await store.transition(job.id, JobStatus.COMPLETED, lease=second.lease)
     assert done is not None
@@ -414,10 +417,14 @@ async def test_lost_leases_are_claimed_before_queued_jobs(store: Store, clock: F
     retaken = await claim_one(store, "w2")
     assert (retaken.id, retaken.previous_owner) == (lost.id, "w1")
     assert (await claim_one(store, "w2")).id == urgent.id
-    # Both in one claim: the answer lists them by priority, the order to start them in.
+    # Lost together, claimed apart (a poison job must not take its neighbours down
+    # again): one lost job per claim, then queued ones.
     clock.advance(LEASE + 1)
-    both = await store.claim("w3", 2, lease_s=LEASE)
-    assert [(j.id, j.previous_owner) for j in both] == [(urgent.id, "w2"), (lost.id, "w2")]
+    fresh = await store.create(new_job())
+    first = await store.claim("w3", 3, lease_s=LEASE)
+    assert [(j.id, j.previous_owner) for j in first] == [(lost.id, "w2"), (fresh.id, None)]
+    second = await store.claim("w4", 3, lease_s=LEASE)
+    assert [(j.id, j.previous_owner) for j in second] == [(urgent.id, "w2")]
 
 
 async def test_heartbeat_extends_only_held_leases_and_reports_cancels(
@@ -429,14 +436,16 @@ async def test_heartbeat_extends_only_held_leases_and_reports_cancels(
     assert {j.id for j in claimed} == {a.id, b.id}
     await store.request_cancel(b.id)
     clock.advance(5)
-    held = await store.heartbeat("w1", [a.id, b.id], lease_s=LEASE)
+    held = await store.heartbeat("w1", {a.id: 1, b.id: 1}, lease_s=LEASE)
     assert held == {a.id: False, b.id: True}
-    assert await store.heartbeat("w2", [a.id], lease_s=LEASE) == {}
-    assert await store.heartbeat("w1", [], lease_s=LEASE) == {}
+    assert await store.heartbeat("w2", {a.id: 1}, lease_s=LEASE) == {}
+    assert await store.heartbeat("w1", {}, lease_s=LEASE) == {}
     clock.advance(LEASE)  # past the claim's lease; the renewed one ends now
     assert await store.claim("w2", 2, lease_s=LEASE) == []
     clock.advance(1)
-    assert {j.id for j in await store.claim("w2", 2, lease_s=LEASE)} == {a.id, b.id}
+    taken = await store.claim("w2", 2, lease_s=LEASE)  # one lost job per claim
+    taken += await store.claim("w2", 2, lease_s=LEASE)
+    assert {j.id for j in taken} == {a.id, b.id}
 
 
 async def test_heartbeat_drops_finished_and_lost_jobs(store: Store, clock: FakeClock) -> None:
@@ -446,16 +455,33 @@ async def test_heartbeat_drops_finished_and_lost_jobs(store: Store, clock: FakeC
     await store.transition(done.id, JobStatus.COMPLETED, lease=claimed[done.id].lease)
     clock.advance(LEASE + 1)
     await claim_one(store, "w2")
-    assert await store.heartbeat("w1", [done.id, lost.id, "job_missing"], lease_s=LEASE) == {}
-    assert await store.heartbeat("w2", [lost.id], lease_s=LEASE) == {lost.id: False}
+    stale = {done.id: 1, lost.id: 1, "job_missing": 1}
+    assert await store.heartbeat("w1", stale, lease_s=LEASE) == {}
+    assert await store.heartbeat("w2", {lost.id: 2}, lease_s=LEASE) == {lost.id: False}
 
 
-async def test_a_late_heartbeat_keeps_a_lease_nobody_took(store: Store, clock: FakeClock) -> None:
+async def test_a_late_heartbeat_does_not_revive_an_expired_lease(
+    store: Store, clock: FakeClock
+) -> None:
     job = await store.create(new_job())
-    await claim_one(store, "w1")
+    first = await claim_one(store, "w1")
+    clock.advance(LEASE + 1)  # expired; nobody has claimed it yet
+    assert await store.heartbeat("w1", {job.id: first.attempts}, lease_s=LEASE) == {}
+    again = await claim_one(store, "w2")
+    assert (again.id, again.crashes) == (job.id, 1)
+
+
+async def test_a_heartbeat_of_an_old_attempt_does_not_renew_the_new_one(
+    store: Store, clock: FakeClock
+) -> None:
+    job = await store.create(new_job())
+    first = await claim_one(store, "w1")
     clock.advance(LEASE + 1)
-    assert await store.heartbeat("w1", [job.id], lease_s=LEASE) == {job.id: False}
-    assert await store.claim("w2", 1, lease_s=LEASE) == []
+    second = await claim_one(store, "w1")  # the same worker, a new attempt
+    clock.advance(LEASE - 1)
+    assert await store.heartbeat("w1", {job.id: first.attempts}, lease_s=LEASE) == {}
+    assert (await get(store, job.id)).lease_expires_at == second.lease_expires_at
+    assert await store.heartbeat("w1", {job.id: second.attempts}, lease_s=LEASE) == {job.id: False}
 
 
 async def test_two_workers_racing_for_one_job_exactly_one_wins(backend: OpenStore) -> None:
@@ -706,7 +732,8 @@ async def test_cancel_batch_cancels_queued_chunks_and_flags_running_ones(
         else:
             assert (job.status, job.error) == (JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
             assert job.finished_at == clock()
-    assert await store.heartbeat("w1", [running.id], lease_s=LEASE) == {running.id: True}
+    held = await store.heartbeat("w1", {running.id: running.attempts}, lease_s=LEASE)
+    assert held == {running.id: True}
     assert await store.claim("w2", 5, lease_s=LEASE) == []
     clock.advance(1)
     await store.transition(running.id, JobStatus.CANCELLED, lease=running.lease, batch_delta=(0, 0))

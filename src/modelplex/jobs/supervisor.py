@@ -1,4 +1,10 @@
-"""Embedded mode: `modelplex serve` starts its worker processes and keeps them running."""
+"""Embedded mode: `modelplex serve` starts its worker processes and keeps them running.
+
+It also wakes them when it queues a job on a store that cannot wake other
+processes itself (SQLite): a byte on each worker's stdin, a pipe the worker
+reads (`wake_on_stdin`). A pipe rather than a signal: a byte written before
+the worker listens waits in the pipe, where a signal would kill the process.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from modelplex.retry import Backoff
@@ -19,6 +27,9 @@ _NOT_FOR_WORKERS = frozenset({"config_file", "host", "port", "grpc_port", "worke
 RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)
 STABLE_S = 60.0
 """A worker that ran this long before it exited starts its restart backoff afresh."""
+_WAKE = b"w"
+_WAKE_BACKLOG = 64
+"""Bytes left unread in a worker's pipe past which more wake-ups would say nothing new."""
 
 
 def worker_environment(settings: Settings, repository: Path, database_url: str) -> dict[str, str]:
@@ -60,8 +71,9 @@ class WorkerSupervisor:
         failures = 0
         while not self._stopping:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelplex", "worker", env=self._env
-            )
+                sys.executable, "-m", "modelplex", "worker", env=self._env,
+                stdin=asyncio.subprocess.PIPE,
+            )  # fmt: skip
             self._processes[index] = process
             started = time.monotonic()
             log.info("worker process %d started (pid %d)", index, process.pid)
@@ -75,6 +87,16 @@ class WorkerSupervisor:
                 index, process.pid, code, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
+
+    def wake(self) -> None:
+        """Tell every running worker to look for jobs now."""
+        for process in self._processes.values():
+            pipe = process.stdin
+            if process.returncode is not None or pipe is None or pipe.is_closing():
+                continue
+            if pipe.transport.get_write_buffer_size() < _WAKE_BACKLOG:
+                with contextlib.suppress(OSError, RuntimeError):  # it just died
+                    pipe.write(_WAKE)
 
     async def stop(self) -> None:
         """SIGTERM every worker (they drain), wait, then SIGKILL what is left."""
@@ -95,3 +117,31 @@ class WorkerSupervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def wake_on_stdin(wake: Callable[[], None]) -> None:
+    """In a worker process: call `wake` for each wake-up its supervisor writes to
+    stdin. Returns at once if stdin is not a pipe (a worker started by hand), and
+    when the pipe closes."""
+    try:
+        mode = os.fstat(0).st_mode
+        # asyncio gives a child's stdin as a socket pair; a shell, as a pipe.
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return
+    except OSError:
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        source = os.fdopen(os.dup(0), "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), source
+        )
+    except (OSError, ValueError) as exc:  # the worker still polls: slower, not broken
+        log.warning("cannot read wake-ups from stdin: %s", exc)
+        return
+    try:
+        while await reader.read(4096):
+            wake()
+    finally:
+        transport.close()

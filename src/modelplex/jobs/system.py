@@ -1,5 +1,10 @@
 """What a `modelplex serve` process runs for jobs beside its API: the webhook
-dispatcher, retention, and (embedded mode) its own worker processes."""
+dispatcher, retention, and (embedded mode) its own worker processes, which it
+wakes when it queues a job on a store that cannot wake them itself (SQLite).
+
+Nothing here runs on a short timer when the server is idle: retention runs at
+most every 10 minutes, the dispatcher polls every `DISPATCH_POLL_S`, and
+workers sleep until they are woken (see `jobs/worker.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import time
 
 from modelplex.jobs.batches import CREATION_LIMIT_S
 from modelplex.jobs.supervisor import WorkerSupervisor
+from modelplex.jobs.waiting import wait_any
 from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
 from modelplex.retry import Backoff
 from modelplex.settings import Settings
@@ -19,6 +25,8 @@ from modelplex.storage.interface import Store
 log = logging.getLogger(__name__)
 
 WEBHOOK_RETRY_CAP_S = 3600.0
+DISPATCH_POLL_S = 1.0
+"""How often the webhook dispatcher looks for due deliveries when it has none."""
 
 
 class JobSystem:
@@ -42,6 +50,7 @@ class JobSystem:
             DeliveryPolicy(settings.webhook_max_attempts, backoff),
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
+            poll_s=DISPATCH_POLL_S,
         )
         self.supervisor = (
             WorkerSupervisor(settings.workers, worker_env, settings.job_drain_s)
@@ -58,6 +67,20 @@ class JobSystem:
         ]
         if self.supervisor is not None:
             self.supervisor.start()
+            if not self._store.shared_wakeups:
+                self._tasks.append(
+                    asyncio.create_task(self._wake_workers(self.supervisor), name="job-wakeups")
+                )
+
+    async def _wake_workers(self, supervisor: WorkerSupervisor) -> None:
+        """Pass this process's submissions on to its worker processes, at once (a
+        burst of submissions while they are being told is one more wake-up)."""
+        queued = await self._store.watch()
+        while not self._stop.is_set():
+            await wait_any(self._stop, queued, seconds=3600)
+            if queued.is_set():
+                queued.clear()
+                supervisor.wake()
 
     async def stop(self) -> None:
         self._stop.set()

@@ -6,6 +6,13 @@ cancelling a job's task never loses its outcome. Outcomes go through the
 store's guarded transition with the job's lease: if the lease was lost (the job
 was re-claimed after this worker stalled), the write matches no row and the
 result is discarded, so a job's visible result is written exactly once.
+
+An idle worker sleeps until something may be claimable: the store's wake-up
+(a submission, a retry, a job handed back), `wake()` (the serving process's
+signal to its own workers), the earliest due time the store reports (a retry's
+backoff, a lease that will expire), or at the latest `poll_s`, the fallback.
+A job whose workers keep dying is claimed again up to `max_crashes` times;
+those claims do not spend its `max_attempts`.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from modelplex.errors import (
     ResultNotSerializable,
     RunnerFailed,
     StoreUnavailable,
+    WorkerCrashed,
     WorkerLost,
 )
 from modelplex.ids import new_id
@@ -65,7 +73,8 @@ STORE_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
 class WorkerConfig:
     concurrency: int = 4
     lease_s: float = 10.0
-    poll_s: float = 0.5
+    poll_s: float = 2.0
+    max_crashes: int = 5
     drain_s: float = 30.0
     blob_threshold_bytes: int = 64 * 1024
     retry: RetryPolicy = field(
@@ -96,9 +105,29 @@ class Worker:
         self._config = config
         self._running: dict[str, tuple[asyncio.Task[None], JobControl]] = {}
         self._slot_free = asyncio.Event()
+        self._woken: asyncio.Event | None = None
+        self._busy = asyncio.Event()
+        """Set while a job runs: an idle worker's heartbeat loop sleeps on it."""
+
+    def wake(self) -> None:
+        """Look for jobs now (called when another process says it queued some)."""
+        if self._woken is not None:
+            self._woken.set()
+
+    async def _idle(self, stop: asyncio.Event, woken: asyncio.Event) -> None:
+        """Sleep until a wake-up, the next due time, or the fallback poll."""
+        seconds = self._config.poll_s
+        try:
+            due = await self._store.next_due_in()
+        except StoreUnavailable:
+            due = None
+        if due is not None:
+            seconds = min(seconds, max(due, 0.01))
+        await wait_any(stop, woken, seconds=seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set, then drain."""
+        woken = self._woken = await self._store.watch()
         heartbeat = asyncio.create_task(self._heartbeats(stop), name=f"heartbeat:{self.id}")
         log.info("worker %s started (concurrency %d)", self.id, self._config.concurrency)
         failures = 0
@@ -109,6 +138,7 @@ class Worker:
                     self._slot_free.clear()
                     await wait_any(stop, self._slot_free, seconds=self._config.poll_s)
                     continue
+                woken.clear()  # a wake-up from here on is for a later claim
                 try:
                     jobs = await self._store.claim(self.id, capacity, self._config.lease_s)
                     failures = 0
@@ -118,7 +148,7 @@ class Worker:
                     await wait_any(stop, seconds=STORE_BACKOFF.delay(failures))
                     continue
                 if not jobs:
-                    await wait_any(stop, seconds=self._config.poll_s)
+                    await self._idle(stop, woken)
                     continue
                 for job in jobs:
                     self._start(job)
@@ -133,6 +163,7 @@ class Worker:
         control = JobControl(job)
         task = asyncio.create_task(self._run_job(job, control), name=f"job:{job.id}")
         self._running[job.id] = (task, control)
+        self._busy.set()
 
         def done(finished: asyncio.Task[None]) -> None:
             # A re-claim of the same job by this worker may have replaced the entry.
@@ -147,9 +178,9 @@ class Worker:
     async def _run_job(self, job: Job, control: JobControl) -> None:
         if job.cancel_requested:  # cancelled while queued or while its worker was lost
             outcome: Outcome = Cancelled()
-        elif job.attempts > job.max_attempts:  # its earlier workers all died holding it
-            lost = WorkerLost(f"the job's worker was lost {job.attempts - 1} times")
-            outcome = Failed(JobError.of(lost))
+        elif job.crashes >= self._config.max_crashes:  # it kills every worker that runs it
+            crashed = WorkerCrashed(f"the job's worker was lost {job.crashes} times")
+            outcome = Failed(JobError.of(crashed))
         else:
             started = time.monotonic()
             try:
@@ -162,6 +193,11 @@ class Worker:
                 log.error("job %s crashed the runner", job.id, exc_info=exc)
                 outcome = Failed(JobError.of(RunnerFailed()))
             log.debug("job %s ran in %.3fs", job.id, time.monotonic() - started)
+        if control.lost and isinstance(outcome, Cancelled) and not job.cancel_requested:
+            # Stopped because the lease was lost: not a cancel to record. The job's
+            # next claim (another worker's, or this one's) runs it again.
+            log.warning("job %s: lease lost before it finished; result discarded", job.id)
+            return
         await asyncio.shield(self._finish(job, control, outcome))
 
     async def _finish(self, job: Job, control: JobControl, outcome: Outcome) -> None:
@@ -207,9 +243,9 @@ class Worker:
         elif isinstance(outcome, Failed):
             entry["error"] = values["error"] = outcome.error.as_dict()
             policy = replace(self._config.retry, max_attempts=job.max_attempts)
-            decision = policy.decide(job.attempts, outcome.error.retryable)
+            decision = policy.decide(job.own_attempts, outcome.error.retryable)
             target = JobStatus.QUEUED if decision.retry else JobStatus.FAILED
-            values["run_at"] = now + decision.delay_s
+            values["run_after_s"] = decision.delay_s
             if target is JobStatus.FAILED and job.kind is JobKind.BATCH_CHUNK:
                 lines = (0, len((job.input or {}).get("items", [])))
         values["history"] = [*history, entry]
@@ -276,6 +312,9 @@ class Worker:
         interval = self._config.lease_s / 3
         last_renew = 0.0
         while True:
+            if not self._running:  # nothing to renew or flush: no timer while idle
+                self._busy.clear()
+                await self._busy.wait()
             await asyncio.sleep(min(0.5, interval))
             try:
                 if time.monotonic() - last_renew >= interval and self._running:
@@ -288,7 +327,8 @@ class Worker:
     async def _renew(self) -> None:
         sent = dict(self._running)
         try:
-            held = await self._store.heartbeat(self.id, list(sent), self._config.lease_s)
+            attempts = {job_id: control.job.attempts for job_id, (_t, control) in sent.items()}
+            held = await self._store.heartbeat(self.id, attempts, self._config.lease_s)
         except StoreUnavailable as exc:
             log.warning("worker %s heartbeat failed: %s", self.id, exc)
             return

@@ -11,7 +11,8 @@ nothing and returns None.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from modelplex.records import (
@@ -58,16 +59,36 @@ class JobStore(Protocol):
         ...
 
     async def claim(self, worker: str, limit: int, lease_s: float) -> list[Job]:
-        """Take up to `limit` runnable jobs with a lease: PROCESSING ones whose lease
-        expired (their worker died) first, then due QUEUED ones by priority and age.
-        Each claim counts an attempt."""
+        """Take up to `limit` runnable jobs with a lease: one PROCESSING job whose lease
+        expired (its worker died) first, then due QUEUED ones by priority and age.
+        Each claim counts an attempt; the claim of an expired lease also counts a
+        crash (`Job.crashes`). Leases and due times are judged by the store's clock
+        (the SQL store's: the database's), never the claiming worker's."""
         ...
 
     async def heartbeat(
-        self, worker: str, job_ids: Sequence[str], lease_s: float
+        self, worker: str, attempts: Mapping[str, int], lease_s: float
     ) -> dict[str, bool]:
-        """Extend the leases `worker` still holds: job id -> cancel requested.
-        Jobs missing from the answer are no longer this worker's."""
+        """Extend the leases `worker` still holds (job id -> the attempt it runs) and
+        that have not expired: job id -> cancel requested. Jobs missing from the
+        answer are no longer this worker's (finished, re-claimed, or their lease
+        expired: a renewal never revives an expired lease)."""
+        ...
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest queued job falls due or the earliest lease
+        expires, by the store's clock (an idle worker's timer); None: neither waits."""
+        ...
+
+    async def watch(self) -> asyncio.Event:
+        """A new event, set whenever a job may have become claimable: submitted,
+        queued for a retry, handed back. Its waiter clears it before claiming."""
+        ...
+
+    @property
+    def shared_wakeups(self) -> bool:
+        """Whether `watch` events also hear other processes' changes (PostgreSQL
+        LISTEN/NOTIFY); if not, a process that starts workers must wake them."""
         ...
 
     async def transition(

@@ -9,11 +9,10 @@ caller mutating what it passed or got back cannot reach into the store.
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,8 +25,6 @@ from modelplex.records import (
     Batch,
     BatchStatus,
     Clock,
-    Delivery,
-    DeliveryStatus,
     Job,
     JobChanges,
     JobStatus,
@@ -40,6 +37,7 @@ from modelplex.records import (
 )
 from modelplex.storage.interface import DuplicateKey, Store
 from modelplex.storage.memory_batches import BatchReads, Lines
+from modelplex.storage.memory_outbox import MemoryOutbox, OutboxEntry
 
 _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _Table = dict[Any, frozenset[Any]]
@@ -60,19 +58,6 @@ def _move(
         return False
     record.status = to
     return True
-
-
-@dataclass(slots=True)
-class _Outbox:
-    """A delivery and its dispatcher's lease (the record itself has no lease)."""
-
-    delivery: Delivery
-    lease: tuple[str, float] | None = None  # owner, expires at
-
-    def due(self, now: float) -> bool:
-        """PENDING, due, and held by nobody (or by a dispatcher whose lease expired)."""
-        d, free = self.delivery, self.lease is None or self.lease[1] < now
-        return d.status is DeliveryStatus.PENDING and d.next_attempt_at <= now and free
 
 
 def _before(at: float | None, cutoff: float) -> bool:
@@ -98,7 +83,7 @@ def _holds(job: Job, lease: Lease | None) -> bool:
     return lease is None or (job.lease_owner == lease.worker and job.attempts == lease.attempt)
 
 
-class MemoryStore(BatchReads):
+class MemoryStore(BatchReads, MemoryOutbox):
     """The `Store` on dicts, one per process."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -108,7 +93,31 @@ class MemoryStore(BatchReads):
         self._batches: dict[str, Batch] = {}
         self._chunks: dict[str, list[str]] = {}  # batch id -> chunk job ids, by chunk index
         self._refusals: dict[str, Lines] = {}  # batch id -> lines refused, by line number
-        self._outbox: dict[str, _Outbox] = {}
+        self._outbox: dict[str, OutboxEntry] = {}
+        self._watchers: list[asyncio.Event] = []
+
+    @property
+    def shared_wakeups(self) -> bool:
+        return False  # one process's store: nobody else can change it
+
+    async def watch(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._watchers.append(event)
+        return event
+
+    def _wake(self) -> None:
+        for event in self._watchers:
+            event.set()
+
+    async def next_due_in(self) -> float | None:
+        now = self._clock()
+        times = [j.run_at for j in self._jobs.values() if j.status is JobStatus.QUEUED]
+        times += [
+            j.lease_expires_at
+            for j in self._jobs.values()
+            if j.status is JobStatus.PROCESSING and j.lease_expires_at is not None
+        ]
+        return max(0.0, min(times) - now) if times else None
 
     async def close(self) -> None:
         """Nothing to release: the store goes with the process."""
@@ -117,6 +126,7 @@ class MemoryStore(BatchReads):
         self._check_keys([job])
         record = _new_job(job, self._clock())
         self._insert(record)
+        self._wake()
         return deepcopy(record)
 
     def _check_keys(self, new: Iterable[NewJob]) -> None:
@@ -168,7 +178,7 @@ class MemoryStore(BatchReads):
         jobs = self._by_id()
         lost = [
             j for j in jobs if j.status is JobStatus.PROCESSING and _before(j.lease_expires_at, now)
-        ][:limit]
+        ][: min(limit, 1)]  # one per claim, as in SQL
         lost_owners = {j.id: j.lease_owner for j in lost}
         due = [j for j in jobs if j.status is JobStatus.QUEUED and j.run_at <= now]
         due.sort(key=lambda j: (-j.priority, j.run_at))  # stable: ties stay in id order
@@ -176,6 +186,8 @@ class MemoryStore(BatchReads):
         for job in lost + due[: limit - len(lost)]:
             if not _move(job, JobStatus.PROCESSING, JOB_ALLOWED_FROM):
                 continue
+            if job.id in lost_owners:  # its worker was lost: a crash, not its own failure
+                job.crashes += 1
             job.lease_owner, job.lease_expires_at = worker, now + lease_s
             job.attempts += 1
             job.started_at = now if job.started_at is None else job.started_at
@@ -187,14 +199,18 @@ class MemoryStore(BatchReads):
         return claimed
 
     async def heartbeat(
-        self, worker: str, job_ids: Sequence[str], lease_s: float
+        self, worker: str, attempts: Mapping[str, int], lease_s: float
     ) -> dict[str, bool]:
         now = self._clock()
         held: dict[str, bool] = {}
-        for job_id in sorted(set(job_ids)):
+        for job_id in sorted(attempts):
             job = self._jobs.get(job_id)
-            # As in SQL, a lease that expired but nobody re-claimed is still the worker's.
-            if job is None or job.lease_owner != worker or job.status is not JobStatus.PROCESSING:
+            if job is None or job.status is not JobStatus.PROCESSING:
+                continue
+            if not _holds(job, Lease(worker, attempts[job_id])):
+                continue
+            # Expired is expired, even if nobody claimed it yet: as in SQL.
+            if job.lease_expires_at is None or job.lease_expires_at < now:
                 continue
             job.lease_expires_at = now + lease_s
             held[job_id] = job.cancel_requested
@@ -220,7 +236,12 @@ class MemoryStore(BatchReads):
             return None
         if not _move(job, to, JOB_ALLOWED_FROM, only_from):
             return None
-        self._changed(job, fields, self._clock(), deliveries_out, batch_delta)
+        now = self._clock()
+        if "run_after_s" in fields:
+            fields["run_at"] = now + fields.pop("run_after_s")
+        self._changed(job, fields, now, deliveries_out, batch_delta)
+        if to is JobStatus.QUEUED:
+            self._wake()
         return deepcopy(job)
 
     def _changed(
@@ -249,6 +270,7 @@ class MemoryStore(BatchReads):
         job.attempts -= 1  # the attempt never ran to an outcome: it does not count
         steps = pending_steps([step["name"] for step in job.steps])  # it runs from the start
         self._changed(job, {"run_at": now, "steps": steps, "progress": 0.0}, now)
+        self._wake()
         return deepcopy(job)
 
     async def update_progress(
@@ -317,6 +339,8 @@ class MemoryStore(BatchReads):
             self._insert(job)
         self._chunks[record.id] = [j.id for j in members]
         self._count_chunks(record.id, 0, (0, 0), now)  # one step: never CREATING; no chunks: done
+        if members:
+            self._wake()
         return deepcopy(record)
 
     async def cancel_batch(self, batch_id: str) -> Batch | None:
@@ -346,48 +370,6 @@ class MemoryStore(BatchReads):
             _move(batch, BatchStatus.COMPLETED, BATCH_ALLOWED_FROM)
             if batch.finished_at is None:
                 batch.finished_at = now
-
-    def _write_outbox(self, job_id: str, items: Sequence[NewDelivery], now: float) -> None:
-        """Called only once the change that causes them has happened."""
-        for item in items:
-            delivery = Delivery(
-                id=new_id("msg"), job_id=job_id, event=item.event, url=item.url,
-                payload=deepcopy(item.payload), status=DeliveryStatus.PENDING, attempts=[],
-                next_attempt_at=now, created_at=now,
-            )  # fmt: skip
-            self._outbox[delivery.id] = _Outbox(delivery)
-
-    async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
-        now = self._clock()
-        due = [o for o in self._outbox.values() if o.due(now)]
-        due = sorted(due, key=lambda o: (o.delivery.next_attempt_at, o.delivery.id))[:limit]
-        for outbox in due:
-            outbox.lease = (owner, now + lease_s)
-        return [deepcopy(o.delivery) for o in due]
-
-    async def record_delivery(
-        self,
-        delivery_id: str,
-        owner: str,
-        attempts: list[dict[str, Any]],
-        status: DeliveryStatus,
-        next_attempt_at: float,
-    ) -> bool:
-        outbox = self._outbox.get(delivery_id)
-        if outbox is None or outbox.lease is None or outbox.lease[0] != owner:
-            return False
-        # A delivery's status is the dispatcher's verdict, not a state machine with
-        # a table (SQL writes it unguarded too): the lease is the only guard.
-        outbox.delivery = dataclasses.replace(
-            outbox.delivery, attempts=deepcopy(attempts), status=status,
-            next_attempt_at=next_attempt_at,
-        )  # fmt: skip
-        outbox.lease = None
-        return True
-
-    async def list_deliveries(self, job_id: str) -> list[Delivery]:
-        mine = [o.delivery for o in self._outbox.values() if o.delivery.job_id == job_id]
-        return [deepcopy(d) for d in sorted(mine, key=lambda d: (d.created_at, d.id))]
 
 
 if TYPE_CHECKING:

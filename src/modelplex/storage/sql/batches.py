@@ -83,7 +83,8 @@ class BatchQueries(SqlBase):
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(run_at=now, updated_at=now)
+                # Due by the database's clock, which every claim compares against.
+                .values(run_at=self._now(), updated_at=now)
             )
             sealed = await conn.execute(
                 status_update(

@@ -6,6 +6,11 @@ fails at once with "database is locked" when another process writes, instead
 of waiting. Reads use their own connections and plain BEGIN (a snapshot).
 Migrations run at start-up (`migrate`), serialised between processes by a
 PostgreSQL advisory lock or SQLite's own write lock.
+
+PostgreSQL connections have a connect timeout, a client-side command timeout
+(asyncpg's `command_timeout`: a network partition fails a statement instead of
+hanging every writer) and the same bound as the server's `statement_timeout`.
+A timeout surfaces as `StoreUnavailable` (see `base.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Engines:
 
     write: AsyncEngine
     read: AsyncEngine
+    connect_timeout_s: float = 10.0
 
     async def dispose(self) -> None:
         await self.write.dispose()
@@ -51,19 +57,37 @@ class Engines:
             await self.read.dispose()
 
 
-def create_engines(url: str, *, pool_size: int = 10) -> Engines:
+def create_engines(url: str, *, pool_size: int = 10, command_timeout_s: float = 30.0) -> Engines:
+    connect_timeout_s = min(10.0, command_timeout_s)
     if not is_sqlite(url):
-        engine = create_engine(url, pool_size=pool_size)
-        return Engines(engine, engine)
-    return Engines(create_engine(url, pool_size=1), _sqlite_engine(url, 4, immediate=False))
+        engine = create_engine(url, pool_size=pool_size, command_timeout_s=command_timeout_s)
+        return Engines(engine, engine, connect_timeout_s)
+    return Engines(
+        create_engine(url, pool_size=1),
+        _sqlite_engine(url, 4, immediate=False),
+        connect_timeout_s,
+    )
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, command_timeout_s: float = 30.0) -> AsyncEngine:
     if is_sqlite(url):
         return _sqlite_engine(url, pool_size, immediate=True)
     # No pre-ping (a round trip per checkout): a connection the server dropped
     # fails one transaction, which SQLAlchemy answers by discarding the pool.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    connect_args = {
+        "timeout": min(10.0, command_timeout_s),
+        "command_timeout": command_timeout_s,
+        # The server gives up too (and frees its locks); the client's bound is the
+        # one that holds when the network is gone.
+        "server_settings": {"statement_timeout": str(int(command_timeout_s * 1000))},
+    }
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=command_timeout_s,
+        connect_args=connect_args,
+    )
 
 
 def _sqlite_engine(url: str, pool_size: int, *, immediate: bool) -> AsyncEngine:

@@ -54,6 +54,7 @@ def job_from_row(row: Any) -> Job:
         updated_at=m["updated_at"],
         batch_id=m["batch_id"],
         chunk_index=m["chunk_index"],
+        crashes=m["crashes"],
         previous_owner=m.get("previous_owner"),
     )
 
@@ -112,6 +113,7 @@ def new_job_row(
         "idempotency_key": job.idempotency_key,
         "request_hash": job.request_hash,
         "attempts": 0,
+        "crashes": 0,
         "max_attempts": job.max_attempts,
         "history": [],
         "steps": pending_steps(job.steps),

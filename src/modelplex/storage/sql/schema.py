@@ -1,7 +1,8 @@
 """Tables of the job store. Alembic migrations (storage/migrations) create them.
 
-Times are epoch seconds (float) from the writer's clock: hosts must keep their
-clocks in sync (NTP) to well within a lease. Flexible, rarely queried parts of a
+Times are epoch seconds (float). Lease and due times (`lease_expires_at`,
+`run_at`) come from the database server's clock, never a worker's, so workers
+whose clocks disagree still agree on who holds a job. Flexible, rarely queried parts of a
 job (steps, attempts, error, result) are JSON columns so that a job's state
 changes with one UPDATE of one row.
 """
@@ -46,6 +47,9 @@ jobs = Table(
     Column("request_hash", String(64)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
+    # Attempts that ended with their worker lost (lease expired): they do not
+    # spend `max_attempts`, a budget of their own does (migration 0003).
+    Column("crashes", Integer, nullable=False, server_default="0", default=0),
     Column("history", JSON),  # one entry per attempt: worker, started, finished, error
     Column("steps", JSON),
     Column("progress", Float, nullable=False, default=0.0),
