@@ -9,7 +9,7 @@ import logging
 import time
 
 from modelplex.jobs.supervisor import WorkerSupervisor
-from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
+from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher, Resolver
 from modelplex.retry import Backoff
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
@@ -29,6 +29,7 @@ class JobSystem:
         *,
         secret: str,
         worker_env: dict[str, str] | None,
+        resolver: Resolver | None = None,
     ) -> None:
         """`worker_env`: the environment of the worker processes to supervise (None: none)."""
         self._settings = settings
@@ -41,6 +42,9 @@ class JobSystem:
             DeliveryPolicy(settings.webhook_max_attempts, backoff),
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
+            concurrency=settings.webhook_concurrency,
+            max_response_bytes=settings.webhook_max_response_bytes,
+            resolver=resolver,
         )
         self.supervisor = (
             WorkerSupervisor(settings.workers, worker_env, settings.job_drain_s)

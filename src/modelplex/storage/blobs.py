@@ -10,11 +10,17 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from modelplex.errors import BlobNotFound, StoreUnavailable
 from modelplex.ids import new_id
+
+if TYPE_CHECKING:
+    from modelplex.executors import Pool
+
+T = TypeVar("T")
 
 _KEY = re.compile(r"blob_[0-9a-z]{26}")
 
@@ -34,8 +40,15 @@ class LocalBlobStore:
 
     PREFIX = "local:"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pool: Pool | None = None) -> None:
+        """`pool`: the threads its file IO runs on (the process's `Executors.blobs`)."""
         self.root = root
+        self._pool = pool
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            return await asyncio.to_thread(fn, *args)
+        return await self._pool.run(fn, *args)
 
     def _path(self, ref: str) -> Path:
         key = ref[len(self.PREFIX) :] if ref.startswith(self.PREFIX) else ""
@@ -46,7 +59,7 @@ class LocalBlobStore:
     async def put(self, data: bytes) -> str:
         ref = self.PREFIX + new_id("blob")
         try:
-            await asyncio.to_thread(self._write, self._path(ref), data)
+            await self._io(self._write, self._path(ref), data)
         except OSError as exc:  # disk full, permissions: an outage, not the caller's fault
             raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
         return ref
@@ -61,7 +74,7 @@ class LocalBlobStore:
     async def get(self, ref: str) -> bytes:
         path = self._path(ref)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await self._io(path.read_bytes)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {ref} not found") from None
         except OSError as exc:
@@ -69,4 +82,4 @@ class LocalBlobStore:
 
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):
-            await asyncio.to_thread(self._path(ref).unlink)
+            await self._io(self._path(ref).unlink)
