@@ -74,6 +74,7 @@ class Pool:
             spawn = self._pending > self._started and self._started < self.threads
             if spawn:
                 self._started += 1
+        future.add_done_callback(self._dropped)
         self._work.put((future, fn, args))
         if spawn:
             name = f"modelplex-{self.name}-{self._started}"
@@ -90,20 +91,26 @@ class Pool:
         async with asyncio.timeout(timeout_s):
             return await waiter
 
+    def _dropped(self, future: Future[Any]) -> None:
+        # Cancelled before it ran: it no longer counts against the bound, even
+        # while it still sits in the queue behind busy threads.
+        if future.cancelled():
+            with self._lock:
+                self._pending -= 1
+
     def _serve(self) -> None:
         while (work := self._work.get()) is not None:
             future, fn, args = work
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = fn(*args)
-                    except BaseException as exc:  # the caller's to see, through its future
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
-            finally:
-                with self._lock:
-                    self._pending -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # the caller's to see, through its future
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                finally:
+                    with self._lock:
+                        self._pending -= 1
             del work, future, fn, args  # keep no reference to finished work's data
 
     def close(self) -> None:
