@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -216,6 +217,45 @@ async def test_a_blackholed_receiver_does_not_delay_a_healthy_one() -> None:
                     assert answered["status_code"] == 200
         finally:
             hole.release.set()
+
+
+@dataclass
+class HoldsFirst:
+    """Holds the first POST until released; records the order events arrive in."""
+
+    order: list[str] = field(default_factory=list)
+    holding: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
+
+    async def handle(self, request: Request) -> Response:
+        event = orjson.loads(await request.body())["event"]
+        if not self.order and event == "first":
+            self.holding = True
+            while not self.release.is_set():  # noqa: ASYNC110 (set from the test's thread)
+                await asyncio.sleep(0.01)
+        self.order.append(event)
+        return Response(status_code=200)
+
+
+@pytest.mark.anyio
+async def test_a_jobs_events_arrive_in_order() -> None:
+    store = MemoryStore()
+    hooks = HoldsFirst()
+    with serve_asgi(app_of(hooks.handle)) as url:
+        try:
+            async with dispatching(store, concurrency=8):
+                job = await store.create(
+                    NewJob(kind=JobKind.MODEL, target="m", max_attempts=1, steps=["inference"])
+                )
+                events = ["first", "second", "third"]
+                out = [NewDelivery("job.step", f"{url}/hook", {"event": e}) for e in events]
+                await store.request_cancel(job.id, out)
+                await eventually(lambda: hooks.holding)  # the others are due meanwhile
+                hooks.release.set()
+                await eventually(lambda: len(hooks.order) == 3)
+        finally:
+            hooks.release.set()
+    assert hooks.order == events
 
 
 @pytest.mark.anyio

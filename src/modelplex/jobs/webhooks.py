@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -234,6 +235,7 @@ class Dispatcher:
         self._resolver = resolver or Resolver(timeout_s=timeout_s)
         self._owner = new_id("dispatcher")
         self._sending: set[asyncio.Task[None]] = set()
+        self._last_of_job: dict[str, asyncio.Task[None]] = {}
         self._slot_free = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -268,13 +270,27 @@ class Dispatcher:
             log.warning("webhook dispatcher cannot claim: %s", exc)
             return False
         for delivery in due:
-            task = asyncio.create_task(self._deliver(http, delivery), name=f"webhook:{delivery.id}")
+            after = self._last_of_job.get(delivery.job_id)
+            work = self._deliver_after(after, http, delivery)
+            task = asyncio.create_task(work, name=f"webhook:{delivery.id}")
             self._sending.add(task)
-            task.add_done_callback(self._sent)
+            self._last_of_job[delivery.job_id] = task
+            task.add_done_callback(functools.partial(self._sent, job_id=delivery.job_id))
         return len(due) == room
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    async def _deliver_after(
+        self, after: asyncio.Task[None] | None, http: httpx.AsyncClient, delivery: Delivery
+    ) -> None:
+        """A job's events go out in order (a step's before the job's end) while its
+        receiver answers in time; the wait is bounded so the lease always holds."""
+        if after is not None and not after.done():
+            await asyncio.wait({after}, timeout=self._timeout_s)
+        await self._deliver(http, delivery)
+
+    def _sent(self, task: asyncio.Task[None], *, job_id: str) -> None:
         self._sending.discard(task)
+        if self._last_of_job.get(job_id) is task:
+            del self._last_of_job[job_id]
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
