@@ -17,13 +17,14 @@ from pathlib import Path
 
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.registry import ModelRegistry
+from modelplex.executors import Executors
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.pipelines import PipelineRegistry
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.service import JobService
 from modelplex.jobs.supervisor import wake_on_stdin, worker_environment
 from modelplex.jobs.system import JobSystem
-from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
+from modelplex.jobs.webhooks import Resolver, load_or_create_secret, parse_secret
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc
@@ -80,16 +81,21 @@ class Modelplex:
         database's own."""
         self.settings = settings
         self.repository = repository
-        self.registry = ModelRegistry(repository, settings)
+        self.executors = Executors.build(settings)
+        """Thread pools by purpose; routes reach them as `modelplex.executors`."""
+        self.registry = ModelRegistry(repository, settings, self.executors.loads)
         self.dataplane = DataPlane(self.registry, settings)
         self.v2 = V2Service(self.dataplane)
         self.pipelines = PipelineRegistry(repository)
-        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self.blobs = LocalBlobStore(settings.data_dir / "blobs", self.executors.blobs)
         self._own_store = store is None
         self.store: Store = store or SqlStore.connect(
             database_url(settings), clock, command_timeout_s=settings.database_command_timeout_s
         )
-        self.jobs = JobService(self.store, self.blobs, self.dataplane, self.pipelines, settings)
+        self.resolver = Resolver(self.executors.dns, settings.callback_dns_timeout_s)
+        self.jobs = JobService(
+            self.store, self.blobs, self.dataplane, self.pipelines, settings, self.resolver
+        )
         self.batches = BatchService(self.store, self.jobs)
         self._background: JobSystem | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -99,19 +105,24 @@ class Modelplex:
         if isinstance(self.store, SqlStore):
             # The job database must be reachable: fail start-up now, not every job later.
             await self.store.migrate()
-        await asyncio.to_thread(self.pipelines.load_all)
+        await self.executors.loads.run(self.pipelines.load_all)
         env = None
         if settings.workers:
             env = worker_environment(settings, self.repository, database_url(settings))
         self._background = JobSystem(
-            settings, self.store, self.blobs, secret=webhook_secret(settings), worker_env=env
+            settings,
+            self.store,
+            self.blobs,
+            secret=webhook_secret(settings),
+            worker_env=env,
+            resolver=self.resolver,
         )
         self._background.start()
         self._loading = asyncio.create_task(self._load_models(), name="load-models")
 
     async def _load_models(self) -> None:
         try:
-            await asyncio.to_thread(self.registry.load_all)
+            await self.executors.loads.run(self.registry.load_all)
         except Exception as exc:  # load_all records per-model failures; this is a bug
             log.error("loading the model repository failed", exc_info=exc)
         tune_gc(self.settings.gc_gen0_threshold)
@@ -126,6 +137,7 @@ class Modelplex:
         self.dataplane.close()
         if self._own_store:
             await self.store.close()
+        self.executors.close()
 
     async def purge_expired(self) -> int:
         """Run retention once (it also runs on its own, periodically)."""
@@ -140,15 +152,22 @@ class ModelplexWorker:
 
     def __init__(self, settings: Settings, repository: Path, *, store: Store | None = None) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(repository, settings)
+        self.executors = Executors.build(settings, steps=True)
+        self.registry = ModelRegistry(repository, settings, self.executors.loads)
         self.dataplane = DataPlane(self.registry, settings)
         self.pipelines = PipelineRegistry(repository)
-        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self.blobs = LocalBlobStore(settings.data_dir / "blobs", self.executors.blobs)
         self._own_store = store is None
         self.store: Store = store or SqlStore.connect(
             database_url(settings), command_timeout_s=settings.database_command_timeout_s
         )
-        runner = JobRunner(self.dataplane, self.pipelines, self.blobs)
+        runner = JobRunner(
+            self.dataplane,
+            self.pipelines,
+            self.blobs,
+            step_threads=self.executors.steps,
+            stop_grace_s=settings.step_stop_grace_s,
+        )
         self.worker = Worker(self.store, runner, self.blobs, worker_config(settings))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -156,8 +175,8 @@ class ModelplexWorker:
         try:
             if isinstance(self.store, SqlStore):
                 await self.store.migrate()
-            await asyncio.to_thread(self.registry.load_all)
-            await asyncio.to_thread(self.pipelines.load_all)
+            await self.executors.loads.run(self.registry.load_all)
+            await self.executors.loads.run(self.pipelines.load_all)
             tune_gc(self.settings.gc_gen0_threshold)
             # `modelplex serve` wakes its own workers through their stdin.
             waking = asyncio.create_task(wake_on_stdin(self.worker.wake), name="wake-pipe")
@@ -170,3 +189,4 @@ class ModelplexWorker:
             self.dataplane.close()
             if self._own_store:
                 await self.store.close()
+            self.executors.close()

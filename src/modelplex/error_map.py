@@ -91,6 +91,8 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.StepTimeout: _row(
         "STEP_TIMEOUT", 504, 504, G.DEADLINE_EXCEEDED, "Step timed out", retryable=True
     ),
+    # Its thread may still write: no retry may run beside it, in any worker.
+    errors.StepStuck: _row("STEP_STUCK", 504, 504, G.DEADLINE_EXCEEDED, "Step stuck"),
     errors.ResourceExhausted: _row(
         "RESOURCE_EXHAUSTED", 503, 503, G.RESOURCE_EXHAUSTED, "Resource exhausted", retryable=True
     ),

@@ -23,6 +23,7 @@ job that failed with them may be retried.
     │   └── PipelineNotReady    a pipeline that failed to load
     ├── InferenceTimeout        a model or request deadline passed
     │   └── StepTimeout         a pipeline step ran past its timeout_s
+    │       └── StepStuck       ... and did not stop when signalled (never retried)
     ├── ResourceExhausted       a bounded queue is full (carries retry_after_s)
     ├── Unavailable             a dependency is down (carries retry_after_s)
     │   └── StoreUnavailable    the job database or the blob store
@@ -123,6 +124,10 @@ class InferenceTimeout(ModelplexError):
 
 class StepTimeout(InferenceTimeout):
     """The pipeline step did not finish within its timeout."""
+
+
+class StepStuck(StepTimeout):
+    """The pipeline step ran past its timeout and did not stop when signalled."""
 
 
 class ResourceExhausted(ModelplexError):

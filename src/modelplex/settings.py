@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1, le=1024)
     """Jobs one worker runs at a time."""
 
+    step_stop_grace_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long a sync pipeline step that ran past its `timeout_s` may take to stop
+    once signalled (its `check_cancelled()` raises). One still running after this
+    fails its job with STEP_STUCK, never retried: no second copy may run beside it."""
+
+    blob_io_threads: int = Field(default=4, ge=1, le=256)
+    """Threads for the blob store's file IO (a pool of its own in every process)."""
+
+    model_load_threads: int = Field(default=2, ge=1, le=64)
+    """Model (re)loads that may run at once (start-up and repository load calls);
+    further load calls are refused at once with RESOURCE_EXHAUSTED (503)."""
+
     job_lease_s: float = Field(default=10.0, ge=1, le=3600)
     """How long a claimed job stays a worker's without a heartbeat (renewed every
     third of it); a dead worker's job is claimed again after at most this long."""
@@ -202,6 +214,17 @@ class Settings(BaseSettings):
 
     webhook_retry_base_s: float = Field(default=2.0, ge=0)
     """First webhook retry delay; doubles per attempt (capped at one hour)."""
+
+    webhook_concurrency: int = Field(default=16, ge=1, le=1024)
+    """Webhook deliveries in flight per dispatcher; each has its own timeout and
+    none waits for another."""
+
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    """At most this much of a receiver's response body is read; the rest is not."""
+
+    callback_dns_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """How long resolving a callback URL's host may take, at submission
+    (SERVICE_UNAVAILABLE after it) and before each delivery (a failed attempt)."""
 
     @field_validator("model_repository", "data_dir", "cache_dir", mode="after")
     @classmethod

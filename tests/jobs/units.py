@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +40,42 @@ WAIT_S = 5.0
 GATES: dict[str, threading.Event] = {}
 """Gate name -> the event a `hold` step waits on (steps get the name in their data)."""
 
+
+@dataclass
+class Copies:
+    """How many copies of a step run at once, and at most ever (`overrun` steps)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: int = 0
+    most: int = 0
+    started: int = 0
+    left_at: float = 0.0
+    """When a copy last ended (epoch seconds, as steps' `started_at`)."""
+
+    def enter(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.started += 1
+            self.most = max(self.most, self.running)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.running -= 1
+            self.left_at = time.time()
+
+
+COPIES: dict[str, Copies] = {}
+"""Key in an `overrun` step's data -> its copies."""
+
 STEPS_PY = '''
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
 
 from modelplex.jobs.pipelines import StepError
-from tests.jobs.units import GATES, WAIT_S
+from tests.jobs.units import COPIES, GATES, WAIT_S
 
 
 def _count(data):
@@ -96,6 +125,30 @@ def refuse(ctx, data):
 def boom(ctx, data):
     _count(data)
     raise RuntimeError("secret internal detail: /srv/credentials")
+
+
+def overrun(ctx, data):
+    """Works far past its timeout in small slices, stopping only when told to."""
+    copies = COPIES[data["copies"]]
+    copies.enter()
+    try:
+        for _ in range(int(WAIT_S * 200)):
+            ctx.check_cancelled()
+            time.sleep(0.005)
+        return data
+    finally:
+        copies.leave()
+
+
+def stubborn(ctx, data):
+    """Ignores every signal: runs until its gate opens."""
+    copies = COPIES[data["copies"]]
+    copies.enter()
+    try:
+        GATES[data["gate"]].wait(WAIT_S * 2)
+        return data
+    finally:
+        copies.leave()
 
 
 async def stall(ctx, data):
@@ -150,6 +203,26 @@ PIPELINES = {
         name = "stall"
         function = "stall"
         timeout_s = 0.05
+    """,
+    "overruns": """
+        [[steps]]
+        name = "overrun"
+        function = "overrun"
+        timeout_s = 0.05
+        retry = { max_attempts = 3, backoff_s = 0 }
+    """,
+    "overruns-once": """
+        [[steps]]
+        name = "overrun"
+        function = "overrun"
+        timeout_s = 0.05
+    """,
+    "stuck": """
+        [[steps]]
+        name = "stubborn"
+        function = "stubborn"
+        timeout_s = 0.05
+        retry = { max_attempts = 3, backoff_s = 0 }
     """,
     "slow-model": """
         [[steps]]
@@ -215,6 +288,12 @@ class Parts:
         GATES[name] = threading.Event()
         self.gates.append(name)
         return name, GATES[name]
+
+    def copies(self) -> tuple[str, Copies]:
+        """A counter of an `overrun` or `stubborn` step's copies."""
+        name = f"{self.tmp.name}-{len(COPIES)}"
+        COPIES[name] = Copies()
+        return name, COPIES[name]
 
     def marker(self, name: str = "runs") -> Path:
         return self.tmp / f"{name}.count"

@@ -230,7 +230,11 @@ async def repository_index(request: Request) -> Response:
     "/v2/repository/models/{model}/load",
     summary="Load, or load again, a model from its folder (new versions without a restart)",
     response_class=Response,
-    responses={200: no_content("Loaded"), **v2_errors(errors.InvalidInput, errors.ModelNotFound)},
+    responses={
+        200: no_content("Loaded"),
+        # Loads run a few at a time; one more is refused at once, not queued.
+        **v2_errors(errors.InvalidInput, errors.ModelNotFound, errors.ResourceExhausted),
+    },
     openapi_extra=optional_json_body("V2LoadRequest"),
 )
 async def repository_load(request: Request, model: str) -> Response:

@@ -16,6 +16,7 @@ from modelplex.core.catalog import ModelInfo, ModelState, Readiness, version_sor
 from modelplex.core.loader import NAME, VersionLoader
 from modelplex.core.served import ModelEntry, ServedVersion
 from modelplex.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from modelplex.executors import Pool
 from modelplex.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,11 @@ PIPELINE_FILE = "pipeline.toml"
 
 
 class ModelRegistry:
-    def __init__(self, repository: Path, settings: Settings) -> None:
+    def __init__(self, repository: Path, settings: Settings, loads: Pool | None = None) -> None:
+        """`loads`: the bounded pool reloads run on (`Executors.loads`): one full is
+        RESOURCE_EXHAUSTED at once, so load calls cannot pile up threads."""
         self.repository = repository
+        self._loads = loads
         self._loader = VersionLoader(settings)
         self._models: dict[str, ModelEntry] = {}
         self._replaced: list[ModelEntry | None] = []
@@ -76,7 +80,10 @@ class ModelRegistry:
         answering until the new entry is published, then drain and close."""
         if not NAME.match(name) or not (self.repository / name).is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository")
-        entry = await asyncio.to_thread(self.load_model, name)
+        if self._loads is None:
+            entry = await asyncio.to_thread(self.load_model, name)
+        else:
+            entry = await self._loads.run(self.load_model, name)
         await self._close_replaced()
         return entry
 

@@ -91,7 +91,8 @@ class StepContext(Protocol):
     def cancelled(self) -> bool: ...
 
     def check_cancelled(self) -> None:
-        """Raise JobCancelled if the job was cancelled (call between units of work)."""
+        """Raise JobCancelled if the job was cancelled or the step ran past its
+        timeout (call between units of work)."""
         ...
 
     def infer(

@@ -7,7 +7,9 @@ persists the outcome through the store's guarded transition).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import trusted
 from modelplex.error_map import public_message, wire_error
 from modelplex.errors import JobCancelled, ModelplexError, PipelineNotReady
+from modelplex.executors import Pool
 from modelplex.jobs import requests
 from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome, StepFailure
 from modelplex.jobs.pipelines import Pipeline, PipelineRegistry, PipelineState
@@ -27,6 +30,10 @@ from modelplex.records import Job, JobError, JobKind, StepStatus, pending_steps
 from modelplex.retry import Backoff
 from modelplex.storage.blobs import BlobStore
 
+log = logging.getLogger(__name__)
+
+DEFAULT_STEP_THREADS = 4
+STOP_GRACE_S = 10.0
 CHUNK_LINES_IN_FLIGHT = 64
 LINE_ATTEMPTS = 3
 LINE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
@@ -34,10 +41,38 @@ LINE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 
 
 class JobRunner:
-    def __init__(self, dataplane: DataPlane, pipelines: PipelineRegistry, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        pipelines: PipelineRegistry,
+        blobs: BlobStore,
+        *,
+        step_threads: Pool | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
+        """`step_threads`: where sync steps run, a thread per job the worker runs
+        (`Executors.steps`); `stop_grace_s`: how long a step past its timeout may
+        take to stop once signalled."""
         self.dataplane = dataplane
         self.pipelines = pipelines
         self.blobs = blobs
+        self.step_threads = step_threads or Pool("steps", DEFAULT_STEP_THREADS)
+        self.stop_grace_s = stop_grace_s
+        self._abandoned: set[Future[Any]] = set()
+
+    @property
+    def abandoned(self) -> int:
+        """Step threads still running for attempts that gave up on them: each holds
+        a step thread, so the worker runs that many jobs fewer until it ends."""
+        return len(self._abandoned)
+
+    def abandon(self, future: Future[Any]) -> None:
+        log.error(
+            "a step thread did not stop after its timeout; %d abandoned (a worker restart "
+            "ends them)", len(self._abandoned) + 1,
+        )  # fmt: skip
+        self._abandoned.add(future)
+        future.add_done_callback(self._abandoned.discard)
 
     async def run(self, job: Job, control: JobControl) -> Outcome:
         try:

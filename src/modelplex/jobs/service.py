@@ -26,7 +26,7 @@ from modelplex.errors import (
 )
 from modelplex.jobs import requests
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
-from modelplex.jobs.webhooks import check_callback_url, event_payload
+from modelplex.jobs.webhooks import Resolver, check_callback_url, event_payload
 from modelplex.records import Delivery, Job, JobKind, JobStatus, NewDelivery, NewJob
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
@@ -120,12 +120,14 @@ class JobService:
         dataplane: DataPlane,
         pipelines: PipelineRegistry,
         settings: Settings,
+        resolver: Resolver | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.dataplane = dataplane
         self.pipelines = pipelines
         self.settings = settings
+        self._resolver = resolver or Resolver(timeout_s=settings.callback_dns_timeout_s)
 
     async def submit(
         self, request: SubmitRequest, idempotency_key: str | None = None
@@ -176,7 +178,9 @@ class JobService:
     async def _validate(self, request: SubmitRequest) -> tuple[list[str], int]:
         check_metadata(request.metadata)
         if request.callback_url is not None:
-            await check_callback_url(request.callback_url, self.settings.webhook_allow_private)
+            await check_callback_url(
+                request.callback_url, self.settings.webhook_allow_private, self._resolver
+            )
         elif request.callback_events:
             raise InvalidInput("callback_events needs a callback_url")
         if request.kind is JobKind.MODEL:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from modelplex.errors import (
     JobCancelled,
     ModelplexError,
     StepFailed,
+    StepStuck,
     StepTimeout,
 )
 from modelplex.jobs.control import JobControl, StepFailure
@@ -35,12 +38,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Context:
-    """The `StepContext` a step function receives (sync steps call it from a thread)."""
+    """The `StepContext` of one step attempt (sync steps call it from their thread).
+
+    `stop()` ends the attempt from outside (its timeout passed): `cancelled()`
+    turns true and `check_cancelled()` raises, as for a cancelled job. Calls
+    back into the loop (`infer`, `read_upload`) wait at most until the
+    attempt's deadline."""
 
     def __init__(
-        self, runner: JobRunner, control: JobControl, index: int, loop: asyncio.AbstractEventLoop
+        self,
+        runner: JobRunner,
+        control: JobControl,
+        index: int,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
     ) -> None:
         self._runner = runner
         self._control = control
@@ -48,6 +63,11 @@ class Context:
         self._loop = loop
         self.job_id = control.job.id
         self.step = control.steps[index]["name"]
+        self._deadline = time.monotonic() + timeout_s
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def progress(self, fraction: float) -> None:
         fraction = min(1.0, max(0.0, float(fraction)))
@@ -56,25 +76,35 @@ class Context:
         )
 
     def cancelled(self) -> bool:
-        return self._control.cancel.is_set()
+        return self._control.cancel.is_set() or self._stopped.is_set()
 
     def check_cancelled(self) -> None:
-        if self._control.cancel.is_set():
+        if self.cancelled():
             raise JobCancelled()
 
     def infer(
         self, model: str, inputs: dict[str, Array], version: str | None = None
     ) -> dict[str, Array]:
-        future = asyncio.run_coroutine_threadsafe(
-            self._runner.infer(model, inputs, version), self._loop
-        )
-        return future.result()
+        return self._on_loop(self._runner.infer(model, inputs, version))
 
     def read_upload(self) -> bytes:
         ref = self._control.job.upload_ref
         if ref is None:
             raise InvalidInput("no file was uploaded with this job")
-        return asyncio.run_coroutine_threadsafe(self._runner.blobs.get(ref), self._loop).result()
+        return self._on_loop(self._runner.blobs.get(ref))
+
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` on the event loop and wait for it, never past the deadline."""
+        if self.cancelled():
+            work.close()
+            raise JobCancelled()
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        try:
+            return future.result(timeout=max(0.0, self._deadline - time.monotonic()))
+        except TimeoutError:
+            future.cancel()
+            message = f"step '{self.step}' ran out of time waiting for the server"
+            raise StepTimeout(message) from None
 
     def open_upload(self) -> BinaryIO:
         ref = self._control.job.upload_ref
@@ -97,7 +127,6 @@ class PipelineRun:
     async def run(self, data: Any, *, offset: int = 0) -> Any:
         """Run every step; `offset` is the index of the first step in `control.steps`."""
         control = self._control
-        loop = asyncio.get_running_loop()
         for i, step in enumerate(self._steps):
             index = offset + i
             if control.cancel.is_set():
@@ -105,22 +134,23 @@ class PipelineRun:
             control.update_step(
                 index, status=StepStatus.RUNNING.value, started_at=time.time(), progress=0.0
             )
-            context = Context(self._runner, control, index, loop)
-            data = await self._with_retries(step, context, data)
+            data = await self._with_retries(step, index, data)
             control.update_step(
                 index, status=StepStatus.COMPLETED.value, finished_at=time.time(), progress=1.0
             )
         return data
 
-    async def _with_retries(self, step: StepConfig, context: Context, data: Any) -> Any:
+    async def _with_retries(self, step: StepConfig, index: int, data: Any) -> Any:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             attempt += 1
+            # A context per attempt: stopping a timed-out attempt must not stop the next.
+            context = Context(self._runner, self._control, index, loop, step.timeout_s)
             try:
-                async with asyncio.timeout(step.timeout_s):
-                    return await self._step(step, context, data)
+                return await self._attempt(step, context, data)
             except JobCancelled:
-                self._control.update_step(context.index, status=StepStatus.CANCELLED.value)
+                self._control.update_step(index, status=StepStatus.CANCELLED.value)
                 raise
             except Exception as exc:  # every failure becomes a JobError with a stable code
                 error = self._error(step, exc)
@@ -133,10 +163,51 @@ class PipelineRun:
                 # The step's own retries were the retries: the job must not run it again.
                 error = replace(error, retryable=False)
             self._control.update_step(
-                context.index, status=StepStatus.FAILED.value, finished_at=time.time(),
+                index, status=StepStatus.FAILED.value, finished_at=time.time(),
                 error=error.as_dict(),
             )  # fmt: skip
             raise StepFailure(error)
+
+    async def _attempt(self, step: StepConfig, context: Context, data: Any) -> Any:
+        function = self._pipeline.functions[step.function] if step.function else None
+        if function is not None and not inspect.iscoroutinefunction(function):
+            return await self._sync_attempt(function, step, context, data)
+        async with asyncio.timeout(step.timeout_s):
+            if step.model is not None:
+                return await self._model_step(step.model, step, context, data)
+            if function is None:  # StepConfig requires one of model or function
+                raise StepFailed(f"step '{step.name}' has nothing to run")
+            return await function(context, data)
+
+    async def _sync_attempt(
+        self, function: Callable[..., Any], step: StepConfig, context: Context, data: Any
+    ) -> Any:
+        """A sync step on a thread of the runner's step pool. Past its timeout it is
+        signalled and waited for (at most `stop_grace_s`): the next attempt, or the
+        job's retry, only starts once this one can no longer write anything."""
+        runner = self._runner
+        future = runner.step_threads.submit(function, context, data)
+        waiter = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=step.timeout_s)
+        except asyncio.CancelledError:  # the worker gave up on the job (drain): tell the step
+            context.stop()
+            raise
+        if done:
+            return waiter.result()
+        context.stop()
+        future.cancel()  # one still waiting for a thread never starts
+        stopped, _ = await asyncio.wait({waiter}, timeout=runner.stop_grace_s)
+        if stopped:
+            if not waiter.cancelled():
+                waiter.exception()  # what it raised once stopped is moot
+            raise TimeoutError()
+        runner.abandon(future)
+        raise StepStuck(
+            f"step '{step.name}' ran past its timeout of {step.timeout_s:g} s and did not stop "
+            f"within {runner.stop_grace_s:g} s of being signalled; not retried while it may "
+            "still be running"
+        )
 
     @staticmethod
     def _error(step: StepConfig, exc: Exception) -> JobError:
@@ -151,16 +222,6 @@ class PipelineRun:
         log.error("step %s raised", step.name, exc_info=exc)
         failed = StepFailed(f"step '{step.name}' failed: {type(exc).__name__} (see the worker log)")
         return JobError.of(failed, step.name)
-
-    async def _step(self, step: StepConfig, context: Context, data: Any) -> Any:
-        if step.model is not None:
-            return await self._model_step(step.model, step, context, data)
-        if step.function is None:  # StepConfig requires one of model or function
-            raise StepFailed(f"step '{step.name}' has nothing to run")
-        function = self._pipeline.functions[step.function]
-        if inspect.iscoroutinefunction(function):
-            return await function(context, data)
-        return await asyncio.to_thread(function, context, data)
 
     async def _model_step(self, model: str, step: StepConfig, context: Context, data: Any) -> Any:
         """The step's input tensor in chunks of `batch_size`, as many at once as the

@@ -16,7 +16,7 @@ import time
 from modelplex.jobs.batches import CREATION_LIMIT_S
 from modelplex.jobs.supervisor import WorkerSupervisor
 from modelplex.jobs.waiting import wait_any
-from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
+from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher, Resolver
 from modelplex.retry import Backoff
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
@@ -38,6 +38,7 @@ class JobSystem:
         *,
         secret: str,
         worker_env: dict[str, str] | None,
+        resolver: Resolver | None = None,
     ) -> None:
         """`worker_env`: the environment of the worker processes to supervise (None: none)."""
         self._settings = settings
@@ -51,6 +52,9 @@ class JobSystem:
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
             poll_s=DISPATCH_POLL_S,
+            concurrency=settings.webhook_concurrency,
+            max_response_bytes=settings.webhook_max_response_bytes,
+            resolver=resolver,
         )
         self.supervisor = (
             WorkerSupervisor(settings.workers, worker_env, settings.job_drain_s)

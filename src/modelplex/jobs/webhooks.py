@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +28,14 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from modelplex.errors import ConfigurationError, InvalidInput, StoreUnavailable
+from modelplex.errors import (
+    ConfigurationError,
+    InvalidInput,
+    ResourceExhausted,
+    StoreUnavailable,
+    Unavailable,
+)
+from modelplex.executors import Pool
 from modelplex.ids import new_id
 from modelplex.jobs.waiting import wait_any
 from modelplex.records import Delivery, DeliveryStatus
@@ -37,6 +45,7 @@ from modelplex.storage.interface import DeliveryStore
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 # -- signing ------------------------------------------------------------------
@@ -113,9 +122,42 @@ def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not address.is_global or address.is_multicast
 
 
-async def check_callback_url(url: str, allow_private: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """Resolves callback hosts on a bounded pool of their own (`Executors.dns`),
+    waiting at most `timeout_s`: getaddrinfo cannot be cancelled, and a flood of
+    slow hosts must not take the threads other work needs."""
+
+    pool: Pool | None = None
+    """None: the event loop's default executor (tests, tools)."""
+    timeout_s: float = 2.0
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self.pool is None:
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        host, port, type=socket.SOCK_STREAM
+                    )
+                else:
+                    infos = await self.pool.run(
+                        socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM
+                    )
+        except TimeoutError:
+            raise Unavailable(
+                f"callback_url host '{host}' did not resolve within {self.timeout_s:g} s"
+            ) from None
+        except (socket.gaierror, UnicodeError):
+            raise InvalidInput(f"callback_url host '{host}' does not resolve") from None
+        return [str(info[4][0]) for info in infos]
+
+
+async def check_callback_url(
+    url: str, allow_private: bool, resolver: Resolver | None = None
+) -> None:
     """Refuse URLs that are not http(s), or whose host resolves to loopback,
-    link-local or private ranges (unless `allow_private`)."""
+    link-local or private ranges (unless `allow_private`). A host that does not
+    resolve in time is SERVICE_UNAVAILABLE (the pool busy: RESOURCE_EXHAUSTED)."""
     if len(url) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise InvalidInput("callback_url must be a URL of at most 2048 printable characters")
     try:
@@ -127,13 +169,9 @@ async def check_callback_url(url: str, allow_private: bool) -> None:
         raise InvalidInput("callback_url must be an absolute http or https URL")
     if allow_private:
         return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
-    except (socket.gaierror, UnicodeError):
-        raise InvalidInput(f"callback_url host '{host}' does not resolve") from None
-    if any(_forbidden(ipaddress.ip_address(info[4][0])) for info in infos):
+    resolver = resolver or Resolver()
+    addresses = await resolver.addresses(host, port or (443 if parts.scheme == "https" else 80))
+    if any(_forbidden(ipaddress.ip_address(address)) for address in addresses):
         raise InvalidInput(
             f"callback_url host '{host}' is not a public address (loopback, link-local and "
             "private ranges are refused unless MODELPLEX_WEBHOOK_ALLOW_PRIVATE=true)"
@@ -169,7 +207,9 @@ class DeliveryPolicy:
 
 # -- dispatcher ---------------------------------------------------------------
 class Dispatcher:
-    """Claims due deliveries, sends them concurrently, records each attempt."""
+    """Claims due deliveries and sends each as a task of its own, at most
+    `concurrency` at a time: a slow or blackholed receiver holds one slot for
+    at most its timeout and never delays the others. Every attempt is recorded."""
 
     def __init__(
         self,
@@ -181,6 +221,8 @@ class Dispatcher:
         allow_private: bool,
         concurrency: int = 16,
         poll_s: float = 0.25,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        resolver: Resolver | None = None,
     ) -> None:
         self._store = store
         self._key = parse_secret(secret)
@@ -189,25 +231,85 @@ class Dispatcher:
         self._allow_private = allow_private
         self._concurrency = concurrency
         self._poll_s = poll_s
+        self._max_response_bytes = max_response_bytes
+        self._resolver = resolver or Resolver(timeout_s=timeout_s)
         self._owner = new_id("dispatcher")
+        self._sending: set[asyncio.Task[None]] = set()
+        self._last_of_job: dict[str, asyncio.Task[None]] = {}
+        self._slot_free = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         # No redirects (a receiver could bounce us anywhere) and no proxies from
         # the environment (deliveries go where the SSRF guard checked).
         client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False, trust_env=False)
         async with client as http:
-            while not stop.is_set():
-                try:
-                    due = await self._store.claim_deliveries(
-                        self._owner, self._concurrency, lease_s=self._timeout_s * 3
-                    )
-                except Exception as exc:  # never let the dispatcher die
-                    log.warning("webhook dispatcher cannot claim: %s", exc)
-                    due = []
-                if due:
-                    await asyncio.gather(*(self._deliver(http, d) for d in due))
-                    continue
-                await wait_any(stop, seconds=self._poll_s)
+            try:
+                while not stop.is_set():
+                    backlog = await self._claim_more(http)
+                    self._slot_free.clear()
+                    # With more due than slots, a finished delivery makes room at once.
+                    await wait_any(stop, *([self._slot_free] if backlog else []),
+                                   seconds=self._poll_s)  # fmt: skip
+                if self._sending:  # attempts in flight may finish, within their timeout
+                    await asyncio.wait(set(self._sending), timeout=self._timeout_s)
+            finally:
+                # In-flight attempts end with the client; their leases expire and they
+                # are sent again.
+                for task in self._sending:
+                    task.cancel()
+                await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _claim_more(self, http: httpx.AsyncClient) -> bool:
+        """Start deliveries for the free slots; True if they were all filled."""
+        room = self._concurrency - len(self._sending)
+        if room <= 0:
+            return True
+        try:
+            due = await self._store.claim_deliveries(self._owner, room, lease_s=self._timeout_s * 3)
+        except Exception as exc:  # never let the dispatcher die
+            log.warning("webhook dispatcher cannot claim: %s", exc)
+            return False
+        for delivery in due:
+            after = self._last_of_job.get(delivery.job_id)
+            work = self._deliver_after(after, http, delivery)
+            task = asyncio.create_task(work, name=f"webhook:{delivery.id}")
+            self._sending.add(task)
+            self._last_of_job[delivery.job_id] = task
+            task.add_done_callback(functools.partial(self._sent, job_id=delivery.job_id))
+        return len(due) == room
+
+    async def _deliver_after(
+        self, after: asyncio.Task[None] | None, http: httpx.AsyncClient, delivery: Delivery
+    ) -> None:
+        """A job's events go out in order (a step's before the job's end) while its
+        receiver answers in time; the wait is bounded so the lease always holds."""
+        if after is not None and not after.done():
+            await asyncio.wait({after}, timeout=self._timeout_s)
+        await self._deliver(http, delivery)
+
+    def _sent(self, task: asyncio.Task[None], *, job_id: str) -> None:
+        self._sending.discard(task)
+        if self._last_of_job.get(job_id) is task:
+            del self._last_of_job[job_id]
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook delivery task failed", exc_info=task.exception())
+
+    async def _post(self, http: httpx.AsyncClient, url: str, body: bytes,
+                    headers: dict[str, str]) -> int:  # fmt: skip
+        """POST and read at most `max_response_bytes` of the answer (raw: a
+        compressed body is never inflated); the rest is left unread."""
+        request = http.build_request("POST", url, content=body, headers=headers)
+        response = await http.send(request, stream=True)
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= self._max_response_bytes:
+                    break
+        finally:
+            await response.aclose()
+        return response.status_code
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery) -> None:
         body = orjson.dumps(delivery.payload)
@@ -224,12 +326,14 @@ class Dispatcher:
         error: str | None = None
         try:
             async with asyncio.timeout(self._timeout_s):  # the whole attempt, DNS included
-                await check_callback_url(delivery.url, self._allow_private)  # DNS may change
-                response = await http.post(delivery.url, content=body, headers=headers)
-            status_code = response.status_code
+                # DNS may have changed since submission.
+                await check_callback_url(delivery.url, self._allow_private, self._resolver)
+                status_code = await self._post(http, delivery.url, body, headers)
         except InvalidInput as exc:
             error = exc.message
             status_code = 0  # refused by the guard: final, not retried
+        except (Unavailable, ResourceExhausted) as exc:  # the resolver was slow or busy
+            error = exc.message
         except (TimeoutError, httpx.TimeoutException):
             error = "timeout"
         except httpx.HTTPError as exc:

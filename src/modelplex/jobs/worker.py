@@ -133,7 +133,8 @@ class Worker:
         failures = 0
         try:
             while not stop.is_set():
-                capacity = self._config.concurrency - len(self._running)
+                # A step thread that would not stop still holds its slot (see steps.py).
+                capacity = self._config.concurrency - len(self._running) - self._runner.abandoned
                 if capacity <= 0:
                     self._slot_free.clear()
                     await wait_any(stop, self._slot_free, seconds=self._config.poll_s)

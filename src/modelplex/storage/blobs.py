@@ -10,15 +10,19 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterable, Awaitable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 from modelplex.errors import BlobNotFound, StoreUnavailable
 from modelplex.ids import new_id
 
-_KEY = re.compile(r"blob_[0-9a-z]{26}")
+if TYPE_CHECKING:
+    from modelplex.executors import Pool
+
 T = TypeVar("T")
+
+_KEY = re.compile(r"blob_[0-9a-z]{26}")
 
 
 class BlobStore(Protocol):
@@ -46,8 +50,15 @@ class LocalBlobStore:
 
     PREFIX = "local:"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pool: Pool | None = None) -> None:
+        """`pool`: the threads its file IO runs on (the process's `Executors.blobs`)."""
         self.root = root
+        self._pool = pool
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            return await asyncio.to_thread(fn, *args)
+        return await self._pool.run(fn, *args)
 
     def _path(self, ref: str) -> Path:
         key = ref[len(self.PREFIX) :] if ref.startswith(self.PREFIX) else ""
@@ -58,7 +69,7 @@ class LocalBlobStore:
     async def put(self, data: bytes) -> str:
         ref = self.PREFIX + new_id("blob")
         try:
-            await asyncio.to_thread(self._write, self._path(ref), data)
+            await self._io(self._write, self._path(ref), data)
         except OSError as exc:  # disk full, permissions: an outage, not the caller's fault
             raise StoreUnavailable(f"blob store: {type(exc).__name__}") from exc
         return ref
@@ -67,14 +78,14 @@ class LocalBlobStore:
         ref = self.PREFIX + new_id("blob")
         path = self._path(ref)
         partial = path.with_suffix(".partial")
-        file = await _writing(asyncio.to_thread(_create, partial))
+        file = await _writing(self._io(_create, partial))
         try:
             try:
                 async for chunk in chunks:  # the source's own errors pass through as they are
-                    await _writing(asyncio.to_thread(file.write, chunk))
+                    await _writing(self._io(file.write, chunk))
             finally:
-                await _writing(asyncio.to_thread(file.close))
-            await _writing(asyncio.to_thread(os.replace, partial, path))
+                await _writing(self._io(file.close))
+            await _writing(self._io(os.replace, partial, path))
         except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)  # one quick call, even when cancelled
@@ -91,7 +102,7 @@ class LocalBlobStore:
     async def get(self, ref: str) -> bytes:
         path = self._path(ref)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await self._io(path.read_bytes)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {ref} not found") from None
         except OSError as exc:
@@ -107,7 +118,7 @@ class LocalBlobStore:
 
     async def delete(self, ref: str) -> None:
         with contextlib.suppress(FileNotFoundError, BlobNotFound):
-            await asyncio.to_thread(self._path(ref).unlink)
+            await self._io(self._path(ref).unlink)
 
 
 async def _writing(operation: Awaitable[T]) -> T:
