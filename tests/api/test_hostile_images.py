@@ -13,7 +13,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -192,19 +192,22 @@ def test_timed_out_request_stops_decoding_and_the_next_request_is_served(
     assert_work_stopped(http, photos, decoded)
 
 
-def _send_and_hang_up(url: str, request: httpx.Request, started: DecodeProbe) -> None:
-    """Send `request` on a raw socket and close it once the server has begun decoding."""
+def _raw(url: str, request: httpx.Request) -> socket.socket:
+    """`request` sent on a raw socket, so the test decides when the client hangs up."""
     parts = urlsplit(url)
-    body = request.read()
     head = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1", f"Host: {parts.netloc}"]
     head += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host"]
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        for _ in range(3000):  # bounded: at most ~30 s for the first image
-            if started.count:
-                break
-            time.sleep(0.01)
-        assert started.count, "the server never began decoding"
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + request.read())
+    return sock
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    for _ in range(3000):  # bounded: about 30 s
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_client_that_hangs_up_stops_its_decoding(
@@ -215,12 +218,13 @@ def test_client_that_hangs_up_stops_its_decoding(
     decoded: DecodeProbe,
 ) -> None:
     request = httpx.Request("POST", server.url + PREDICT, files=files(moderate, IMAGES))
-    _send_and_hang_up(server.url, request, decoded)
+    with _raw(server.url, request):
+        assert _until(lambda: decoded.count > 0), "the server never began decoding"
     assert_work_stopped(http, photos, decoded)
 
 
 def test_client_that_hangs_up_while_queued_is_dropped_from_the_batch_queue(
-    server: RunningServer, http: httpx.Client, moderate: bytes
+    server: RunningServer, http: httpx.Client
 ) -> None:
     gate = GATES["gated-images"]
     gate.calls.clear()
@@ -239,23 +243,10 @@ def test_client_that_hangs_up_while_queued_is_dropped_from_the_batch_queue(
     try:
         runner.start()
         assert gate.entered.wait(30)  # the first request holds the model
-        parts = urlsplit(server.url)
         request = httpx.Request("POST", server.url + url, files=files(small, 1))
-        body = request.read()
-        head = [f"POST {url} HTTP/1.1", f"Host: {parts.netloc}"]
-        head += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host"]
-        with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-            for _ in range(3000):  # bounded wait for the second request to queue
-                if batcher.queued_rows == 1:
-                    break
-                time.sleep(0.01)
-            assert batcher.queued_rows == 1
-        for _ in range(3000):  # the hang-up frees its place in the queue
-            if batcher.queued_rows == 0:
-                break
-            time.sleep(0.01)
-        assert batcher.queued_rows == 0
+        with _raw(server.url, request):
+            assert _until(lambda: batcher.queued_rows == 1)  # queued behind the first
+        assert _until(lambda: batcher.queued_rows == 0)  # the hang-up frees its place
     finally:
         gate.open.set()
         runner.join(timeout=30)
