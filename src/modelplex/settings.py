@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Largest decoded image (width x height) accepted, against decompression bombs."""
 
+    max_request_pixels: int = Field(default=100_000_000, gt=0)
+    """Most decoded pixels of all the images of one request together, read from their
+    headers before any is decoded; more get PAYLOAD_TOO_LARGE (413). 100 MP is eight
+    12 MP photos or two images at `max_image_pixels`: about two seconds of decoding
+    on one core, well inside an image model's timeout."""
+
     default_timeout_ms: int = Field(default=30_000, gt=0)
     """Inference timeout for models whose model.toml sets none."""
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from modelplex.core.model_config import ImagePreprocessing
 from modelplex.core.preprocessing import ImagePreprocessor
-from modelplex.errors import InvalidInput
+from modelplex.errors import InvalidInput, PayloadTooLarge
 from tests.helpers import encode_image
 
 CONFIG = ImagePreprocessing(
@@ -83,3 +83,35 @@ def test_bad_row_is_named() -> None:
     good = encode_image(np.zeros((16, 16, 3), dtype=np.uint8), "PNG")
     with pytest.raises(InvalidInput, match="instance 1"):
         ImagePreprocessor(CONFIG, 10_000)(batch(good, b"junk"))
+
+
+def test_request_pixel_limit_is_checked_from_headers_before_any_decoding() -> None:
+    files = [encode_image(np.zeros((40, 50, 3), dtype=np.uint8), "PNG")] * 3
+    checkpoints: list[int] = []
+    preprocessor = ImagePreprocessor(CONFIG, 10_000, max_request_pixels=5_999)
+    with pytest.raises(PayloadTooLarge, match="3 images decode to 6000 pixels"):
+        preprocessor(batch(*files), lambda: checkpoints.append(1))
+    assert checkpoints == []  # refused before the first image was decoded
+    assert ImagePreprocessor(CONFIG, 10_000, 6_000)(batch(*files)).inputs["pixels"].shape[0] == 3
+
+
+def test_jpeg_counts_the_pixels_its_decoder_will_produce() -> None:
+    # The decoder scales JPEG by up to 1/8 for free: 800x800 decodes as 100x100 for
+    # an 8-pixel crop, and that is what the request's limit counts.
+    jpeg = encode_image(np.zeros((800, 800, 3), dtype=np.uint8), "JPEG")
+    outcome = ImagePreprocessor(CONFIG, 1_000_000, max_request_pixels=10_000)(batch(jpeg))
+    assert outcome.inputs["pixels"].shape == (1, 3, 8, 8)
+
+
+def test_checkpoint_runs_before_each_image_and_stops_the_rest() -> None:
+    files = [encode_image(np.zeros((10, 10, 3), dtype=np.uint8), "PNG")] * 4
+    calls: list[int] = []
+
+    def checkpoint() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError
+
+    with pytest.raises(TimeoutError):
+        ImagePreprocessor(CONFIG, 10_000)(batch(*files), checkpoint)
+    assert len(calls) == 3

@@ -16,6 +16,7 @@ from modelplex import errors
 from modelplex.api import payloads
 from modelplex.api.bodies import ClassifyForm, ClassifyRequest, PredictForm
 from modelplex.api.deps import modelplex_of
+from modelplex.api.disconnect import until_disconnected
 from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
 from modelplex.api.problems import request_id_of
 from modelplex.api.schemas import ClassifyResponse, Health, ModelDetail, ModelList, PredictResponse
@@ -130,15 +131,20 @@ async def classify(request: Request) -> Response:
         image = body.image
     else:
         raise payloads.unsupported(media)
-    result = await dataplane.classify(
-        image,
-        model=body.model or settings.classify_model,
-        version=body.version,
-        top_k=body.top_k,
-        arrived_at=arrived,
-        request_id=request_id_of(request.scope),
-        timeout_ms=deadline_ms,
-        decode_s=time.perf_counter() - decode_start,
+    decode_s = time.perf_counter() - decode_start
+    result = await until_disconnected(
+        request,
+        lambda stop: dataplane.classify(
+            image,
+            model=body.model or settings.classify_model,
+            version=body.version,
+            top_k=body.top_k,
+            arrived_at=arrived,
+            request_id=request_id_of(request.scope),
+            timeout_ms=deadline_ms,
+            decode_s=decode_s,
+            stop=stop,
+        ),
     )
     predictions = [class_json(s) for s in (result.classes or [[]])[0]]
     return _prediction_response(request, result, predictions, detail, arrived)
@@ -179,7 +185,11 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     )
     inference.timings.decode_s = time.perf_counter() - decode_start
     # The version was resolved to decode the body: check against it, not a second lookup.
-    result = await dataplane.execute(check(served, inference))
+    checked = check(served, inference)
+    if served.preprocessor is None:
+        result = await dataplane.execute(checked)
+    else:  # images can hold a thread for long: stop if the client leaves
+        result = await until_disconnected(request, lambda stop: dataplane.execute(checked, stop))
     predictions = predictions_json(result, options.top_k)
     return _prediction_response(request, result, predictions, detail, arrived)
 

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from modelplex.core.deadlines import Stop
 from modelplex.core.registry import ModelRegistry, ServedVersion
 from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import CheckedRequest, check
@@ -43,49 +44,61 @@ class DataPlane:
         """The request checked against the version that would serve it."""
         return check(self.registry.get(request.model, request.version), request)
 
-    async def infer(self, request: InferenceRequest) -> InferenceResult:
-        return await self.execute(self.check(request))
+    async def infer(self, request: InferenceRequest, stop: Stop | None = None) -> InferenceResult:
+        return await self.execute(self.check(request), stop)
 
-    async def execute(self, checked: CheckedRequest) -> InferenceResult:
-        """Run a checked request: deadline, admission, pre-processing, batch, results."""
+    async def execute(self, checked: CheckedRequest, stop: Stop | None = None) -> InferenceResult:
+        """Run a checked request: deadline, admission, pre-processing, batch, results.
+
+        `stop` is how an adapter says its caller went away (`Stop.cancel`); work
+        that runs off the event loop checks it, and the request's deadline, between
+        images, so neither a timed-out nor an abandoned request keeps a
+        pre-processing thread busy after the answer no longer matters."""
         served, request, rows = checked.served, checked.request, checked.rows
         deadline = self.deadline_for(served, request)
+        if stop is None:
+            stop = Stop(deadline)
+        else:
+            deadline = stop.until(deadline)
         started = time.monotonic()
         # asyncio's timeouts run on the loop's clock; convert our monotonic deadline.
         loop_deadline = asyncio.get_running_loop().time() + (deadline - started)
         try:
             async with asyncio.timeout_at(loop_deadline):
-                result = await self._run(served, request, rows, deadline)
+                result = await self._run(served, request, rows, stop)
         except TimeoutError:
             served.stats.fail.add(time.monotonic() - started)
             raise InferenceTimeout(
                 f"model '{served.model}' version '{served.version}' did not answer within "
                 f"{(deadline - request.arrived_at) * 1000:.0f} ms"
             ) from None
-        except Exception:
+        except BaseException:  # CancelledError too: an abandoned request failed as well
             served.stats.fail.add(time.monotonic() - started)
             raise
         served.stats.success.add(time.monotonic() - started)
         return result
 
     async def _run(
-        self, served: ServedVersion, request: InferenceRequest, rows: int, deadline: float
+        self, served: ServedVersion, request: InferenceRequest, rows: int, stop: Stop
     ) -> InferenceResult:
         timings = request.timings
         inputs = request.inputs
+        stop.check()  # a caller gone while its body was read takes no place in the queue
         admission = served.batcher.admit(rows)  # shed load before pre-processing, not after
         try:
             if served.preprocessor is not None:
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(
-                    self._preprocess_pool, served.preprocessor, inputs
+                # Cancelling this await drops the work if no thread has taken it yet;
+                # a thread that has stops at the next image through `stop.check`.
+                outcome = await asyncio.get_running_loop().run_in_executor(
+                    self._preprocess_pool, served.preprocessor, inputs, stop.check
                 )
                 inputs = outcome.inputs
                 timings.decode_s += outcome.decode_s
                 timings.preprocess_s += outcome.transform_s
                 served.stats.compute_input.add(outcome.decode_s + outcome.transform_s)
+                stop.check()  # the images took long: is anyone still waiting?
             input_shapes = {name: list(tensor.shape) for name, tensor in inputs.items()}
-            batch = await served.batcher.submit(inputs, rows, deadline, admission)
+            batch = await served.batcher.submit(inputs, rows, stop.deadline, admission)
         finally:
             admission.release()
         timings.queue_wait_s = batch.queue_wait_s
@@ -125,6 +138,7 @@ class DataPlane:
         request_id: str = "",
         timeout_ms: int | None = None,
         decode_s: float = 0.0,
+        stop: Stop | None = None,
     ) -> InferenceResult:
         """One encoded image through an image classifier's pre-processing and model."""
         served = self.registry.get(model, version)
@@ -142,7 +156,7 @@ class DataPlane:
             top_k=top_k,
         )
         request.timings.decode_s = decode_s
-        return await self.infer(request)
+        return await self.infer(request, stop)
 
     def close(self) -> None:
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)

@@ -99,7 +99,11 @@ class VersionLoader:
         inputs = tuple(t.spec() for t in config.inputs)
         outputs = tuple(t.spec() for t in config.outputs)
         preprocessor = (
-            ImagePreprocessor(config.preprocessing, self._settings.max_image_pixels)
+            ImagePreprocessor(
+                config.preprocessing,
+                self._settings.max_image_pixels,
+                self._settings.max_request_pixels,
+            )
             if config.preprocessing
             else None
         )
