@@ -19,9 +19,9 @@ from modelplex.api.v2_schemas import V2InferRequest, V2RequestInput
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelplex.oip import codec
+from modelplex.oip.offload import run_cpu
 from modelplex.oip.service import RequestedOutput, V2Response, V2Tensor
 
-_THREAD_PARSE_BYTES = 256 * 1024
 COMPRESS_ABOVE = 1024
 
 
@@ -59,17 +59,18 @@ def loads(data: bytes, what: str = "the inference header") -> Any:
 
 
 async def parse_infer(
-    body: bytes, header_length: str | None
+    body: bytes, header_length: str | None, max_elements: int
 ) -> tuple[V2InferRequest, list[V2Tensor]]:
-    """The JSON header document and the decoded inputs (large bodies off the loop)."""
+    """The JSON header document and the decoded inputs, at most `max_elements` BYTES
+    elements in all (large bodies off the loop)."""
     if header_length is None:
         header, binary = body, b""
     else:
         split = _header_length(header_length, len(body))
         header, binary = body[:split], body[split:]
-    if len(body) > _THREAD_PARSE_BYTES:
-        return await asyncio.to_thread(_request_from, header, binary)
-    return _request_from(header, binary)
+    if len(body) > codec.OFFLOAD_BYTES // 4:
+        return await run_cpu(_request_from, header, binary, max_elements)
+    return _request_from(header, binary, max_elements)
 
 
 def _header_length(value: str, body_length: int) -> int:
@@ -82,12 +83,15 @@ def _header_length(value: str, body_length: int) -> int:
     raise InvalidInput("Inference-Header-Content-Length does not fit the body")
 
 
-def _request_from(header: bytes, binary: bytes) -> tuple[V2InferRequest, list[V2Tensor]]:
+def _request_from(
+    header: bytes, binary: bytes, max_elements: int
+) -> tuple[V2InferRequest, list[V2Tensor]]:
     document = parse(V2InferRequest, loads(header), "the inference request")
+    budget = codec.ElementBudget(max_elements)
     offset = 0
     inputs = []
     for item in document.inputs:
-        tensor, used = _input(item, binary, offset)
+        tensor, used = _input(item, binary, offset, budget)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -95,10 +99,13 @@ def _request_from(header: bytes, binary: bytes) -> tuple[V2InferRequest, list[V2
     return document, inputs
 
 
-def _input(item: V2RequestInput, binary: bytes, offset: int) -> tuple[V2Tensor, int]:
+def _input(
+    item: V2RequestInput, binary: bytes, offset: int, budget: codec.ElementBudget
+) -> tuple[V2Tensor, int]:
     what = f"input '{item.name}'"
     datatype = codec.datatype_of(item.datatype)
     shape = codec.check_shape(item.shape, what)
+    budget.charge(datatype, shape, what)
     parameters = item.parameters or {}
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -139,6 +146,13 @@ def flag(parameters: dict[str, Any], name: str, what: str) -> bool:
 
 
 # -- response encoding --------------------------------------------------------------
+async def encoded(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
+    """`encode`, off the loop when the answer is large."""
+    if codec.heavy(t.data for t in response.outputs):
+        return await run_cpu(encode, response, binary_all)
+    return encode(response, binary_all)
+
+
 def encode(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
     """The JSON document, followed by binary tensors if any output is binary."""
     outputs = []

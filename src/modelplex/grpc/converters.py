@@ -50,17 +50,20 @@ def parameters(mapping: Any) -> dict[str, Any]:
     return {key: parameter_value(value) for key, value in mapping.items()}
 
 
-def infer_request(message: pb.ModelInferRequest) -> V2Request:
+def infer_request(message: pb.ModelInferRequest, max_elements: int) -> V2Request:
+    """The request's tensors, decoded; at most `max_elements` BYTES elements in all."""
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
             f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs: give one per input"
         )
+    budget = codec.ElementBudget(max_elements)
     inputs = []
     for i, tensor in enumerate(message.inputs):
         what = f"input '{tensor.name}'"
         datatype = codec.datatype_of(tensor.datatype)
         shape = codec.check_shape(list(tensor.shape), what)
+        budget.charge(datatype, shape, what)
         if raw:
             data = codec.from_raw(raw[i], datatype, shape, what)
         else:
@@ -77,6 +80,25 @@ def infer_request(message: pb.ModelInferRequest) -> V2Request:
     )
 
 
+def heavy_request(message: pb.ModelInferRequest) -> bool:
+    """Whether decoding `message` is worth a trip off the event loop."""
+    raw = message.raw_input_contents
+    if sum(map(len, raw)) > codec.OFFLOAD_BYTES:
+        return True
+    # Element by element work: BYTES elements, and numbers in typed contents.
+    return any(
+        (not raw or t.datatype.upper() == "BYTES")
+        and len(t.shape) <= codec.MAX_DIMS
+        and codec.element_count(tuple(t.shape)) > codec.OFFLOAD_ELEMENTS
+        for t in message.inputs
+    )
+
+
+def heavy_response(response: V2Response) -> bool:
+    """Whether encoding `response` is worth a trip off the event loop."""
+    return codec.heavy(t.data for t in response.outputs)
+
+
 def _from_contents(
     contents: pb.InferTensorContents, datatype: Datatype, shape: tuple[int, ...], what: str
 ) -> Array:
@@ -89,7 +111,7 @@ def _from_contents(
         raise InvalidInput(f"{what}: {len(values)} values for shape {list(shape)}")
     if datatype is Datatype.BYTES:
         array = np.empty(count, dtype=object)
-        array[:] = list(values)
+        array[:] = list(values)  # the count is within the request's element budget
         return codec.reshape(array, shape, what)
     # The field's own type, not numpy's guess: uint64 values on both sides of 2**63
     # would otherwise become float64 and be refused as non-integers.

@@ -20,7 +20,8 @@ from modelplex.errors import ModelplexError
 from modelplex.grpc import converters
 from modelplex.grpc.protos import inference_pb2 as pb
 from modelplex.grpc.protos import inference_pb2_grpc
-from modelplex.oip.service import V2Service
+from modelplex.oip.offload import run_cpu
+from modelplex.oip.service import V2Request, V2Response, V2Service
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,19 @@ def _deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: V2Service) -> None:
+    def __init__(self, service: V2Service, max_tensor_elements: int) -> None:
         self._service = service
+        self._max_elements = max_tensor_elements
+
+    async def _decode(self, message: pb.ModelInferRequest) -> V2Request:
+        if converters.heavy_request(message):
+            return await run_cpu(converters.infer_request, message, self._max_elements)
+        return converters.infer_request(message, self._max_elements)
+
+    async def _encode(self, response: V2Response) -> pb.ModelInferResponse:
+        if converters.heavy_response(response):
+            return await run_cpu(converters.infer_response, response)
+        return converters.infer_response(response)
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -79,10 +91,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         arrived = time.monotonic()
 
         async def call() -> pb.ModelInferResponse:
-            v2_request = converters.infer_request(request)
+            v2_request = await self._decode(request)
             v2_request.arrived_at = arrived
             v2_request.timeout_ms = _deadline_ms(context)
-            return converters.infer_response(await self._service.infer(v2_request))
+            return await self._encode(await self._service.infer(v2_request))
 
         return await _guard(context, call)
 
@@ -100,9 +112,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(message: Any) -> None:
             try:
-                v2_request = converters.infer_request(message)
+                v2_request = await self._decode(message)
                 v2_request.timeout_ms = _deadline_ms(context)
-                response = converters.infer_response(await self._service.infer(v2_request))
+                response = await self._encode(await self._service.infer(v2_request))
                 answer = pb.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 if not isinstance(exc, ModelplexError):
