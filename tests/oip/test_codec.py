@@ -236,9 +236,7 @@ def test_from_json_refuses_lossy_conversions(
 
 @pytest.mark.parametrize("data", [[True, 1], [2, False], [1.5, True]])
 @pytest.mark.parametrize("datatype", [Datatype.FP64, Datatype.INT32, Datatype.BOOL])
-def test_from_json_refuses_booleans_mixed_with_numbers(
-    data: list[Any], datatype: Datatype
-) -> None:
+def test_from_json_refuses_booleans_mixed_with_numbers(data: list[Any], datatype: Datatype) -> None:
     with pytest.raises(InvalidInput) as caught:
         codec.from_json(data, datatype, (2,), WHAT)
     assert caught.value.message == (
