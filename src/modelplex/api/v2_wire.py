@@ -68,7 +68,7 @@ async def parse_infer(
     else:
         split = _header_length(header_length, len(body))
         header, binary = body[:split], body[split:]
-    if len(body) > codec.OFFLOAD_BYTES // 4:
+    if len(body) > codec.OFFLOAD_BYTES:
         return await run_cpu(_request_from, header, binary, max_elements)
     return _request_from(header, binary, max_elements)
 

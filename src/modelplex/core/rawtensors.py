@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+import sys
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from modelplex.core.tensors import Array, Datatype
 from modelplex.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -104,4 +106,6 @@ def to_raw(tensor: Array) -> bytes:
         items = [v if isinstance(v, bytes) else str(v).encode() for v in tensor.reshape(-1)]
         prefixes = map(_LENGTH.pack, map(len, items))
         return b"".join(itertools.chain.from_iterable(zip(prefixes, items)))  # noqa: B905
+    if tensor.dtype.isnative and _LITTLE_ENDIAN:
+        return tensor.tobytes()  # row-major whatever the layout
     return np.ascontiguousarray(tensor, dtype=tensor.dtype.newbyteorder("<")).tobytes()

@@ -47,20 +47,25 @@ def parameter_value(parameter: pb.InferParameter) -> Any:
 
 
 def parameters(mapping: Any) -> dict[str, Any]:
+    if not mapping:  # the usual case, and cheaper to see than to iterate
+        return {}
     return {key: parameter_value(value) for key, value in mapping.items()}
 
 
 def infer_request(message: pb.ModelInferRequest, max_elements: int) -> V2Request:
     """The request's tensors, decoded; at most `max_elements` BYTES elements in all."""
-    raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
+    # Each access to a protobuf field builds a wrapper: every field is read once.
+    raw = message.raw_input_contents
+    tensors = message.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidInput(
-            f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs: give one per input"
+            f"{len(raw)} raw_input_contents for {len(tensors)} inputs: give one per input"
         )
     budget = codec.ElementBudget(max_elements)
     inputs = []
-    for i, tensor in enumerate(message.inputs):
-        what = f"input '{tensor.name}'"
+    for i, tensor in enumerate(tensors):
+        name = tensor.name
+        what = f"input '{name}'"
         datatype = codec.datatype_of(tensor.datatype)
         shape = codec.check_shape(list(tensor.shape), what)
         budget.charge(datatype, shape, what)
@@ -68,30 +73,26 @@ def infer_request(message: pb.ModelInferRequest, max_elements: int) -> V2Request
             data = codec.from_raw(raw[i], datatype, shape, what)
         else:
             data = _from_contents(tensor.contents, datatype, shape, what)
-        inputs.append(V2Tensor(tensor.name, datatype, shape, data, parameters(tensor.parameters)))
-    outputs = [RequestedOutput(o.name, parameters(o.parameters)) for o in message.outputs]
+        inputs.append(V2Tensor(name, datatype, shape, data, parameters(tensor.parameters)))
+    wanted = message.outputs
+    outputs = (
+        [RequestedOutput(o.name, parameters(o.parameters)) for o in wanted] if wanted else None
+    )
     return V2Request(
         model=message.model_name,
         version=message.model_version or None,
         inputs=inputs,
-        outputs=outputs or None,
+        outputs=outputs,
         id=message.id or None,
         parameters=parameters(message.parameters),
     )
 
 
 def heavy_request(message: pb.ModelInferRequest) -> bool:
-    """Whether decoding `message` is worth a trip off the event loop."""
-    raw = message.raw_input_contents
-    if sum(map(len, raw)) > codec.OFFLOAD_BYTES:
-        return True
-    # Element by element work: BYTES elements, and numbers in typed contents.
-    return any(
-        (not raw or t.datatype.upper() == "BYTES")
-        and len(t.shape) <= codec.MAX_DIMS
-        and codec.element_count(tuple(t.shape)) > codec.OFFLOAD_ELEMENTS
-        for t in message.inputs
-    )
+    """Whether decoding `message` is worth a trip off the event loop. Its encoded
+    size bounds the work: raw data, and every BYTES element or typed value takes
+    at least a byte of it."""
+    return int(message.ByteSize()) > codec.OFFLOAD_BYTES
 
 
 def heavy_response(response: V2Response) -> bool:
@@ -123,9 +124,14 @@ def infer_response(response: V2Response) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model, model_version=response.version, id=response.id or ""
     )
+    outputs, raw = message.outputs, message.raw_output_contents
     for tensor in response.outputs:
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype.value, shape=tensor.shape)
-        message.raw_output_contents.append(codec.to_raw(tensor.data))
+        # Attribute by attribute: several times cheaper than add(**fields) in upb.
+        output = outputs.add()
+        output.name = tensor.name
+        output.datatype = tensor.datatype.value
+        output.shape.extend(tensor.shape)
+        raw.append(codec.to_raw(tensor.data))
     return message
 
 

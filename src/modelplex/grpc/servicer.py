@@ -88,15 +88,26 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return await _guard(context, call)
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        # `_guard`, `_decode` and `_encode` inlined: the hottest RPC saves three
+        # coroutines per call.
         arrived = time.monotonic()
-
-        async def call() -> pb.ModelInferResponse:
-            v2_request = await self._decode(request)
+        try:
+            if converters.heavy_request(request):
+                v2_request = await run_cpu(converters.infer_request, request, self._max_elements)
+            else:
+                v2_request = converters.infer_request(request, self._max_elements)
             v2_request.arrived_at = arrived
             v2_request.timeout_ms = _deadline_ms(context)
-            return await self._encode(await self._service.infer(v2_request))
-
-        return await _guard(context, call)
+            response = await self._service.infer(v2_request)
+            if converters.heavy_response(response):
+                return await run_cpu(converters.infer_response, response)
+            return converters.infer_response(response)
+        except ModelplexError as exc:
+            await context.abort(status_of(exc), public_message(exc))
+        except Exception as exc:
+            log.error("gRPC call failed", exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, public_message(exc))
+        raise AssertionError("context.abort always raises")  # for the type checker
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: Any

@@ -13,9 +13,9 @@ from modelplex.errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["element_count", "from_raw", "reshape", "split_bytes", "to_raw"]
 
-OFFLOAD_BYTES = 1024 * 1024
-"""Requests whose tensors hold more than this are decoded (and their answers
-encoded) off the event loop; smaller ones cost less than the hand-off."""
+OFFLOAD_BYTES = 64 * 1024
+"""Requests larger than this are decoded (and answers whose tensors hold more
+are encoded) off the event loop; smaller ones cost less than the hand-off."""
 OFFLOAD_ELEMENTS = 4096
 """Likewise for BYTES elements (each one a Python object to build)."""
 

@@ -143,9 +143,14 @@ async def test_a_heavy_bytes_request_is_decoded_while_others_are_served(
 def test_the_offload_thresholds_leave_small_requests_on_the_loop() -> None:
     small = bytes_request(struct.pack("<I", 0) * 10, [10])
     assert not converters.heavy_request(small)
-    big = bytes_request(b"", [codec.OFFLOAD_ELEMENTS + 1])
-    assert converters.heavy_request(big)
     numbers = pb.ModelInferRequest(model_name="digits")
-    numbers.inputs.add(name="pixels", datatype="FP32", shape=[64, 64])
+    numbers.inputs.add(name="pixels", datatype="FP32", shape=[64, 64])  # a full batch, 16 KiB
     numbers.raw_input_contents.append(np.zeros((64, 64), np.float32).tobytes())
     assert not converters.heavy_request(numbers)
+    flood = bytes_request(struct.pack("<I", 0) * (codec.OFFLOAD_BYTES // 4), [1])
+    assert converters.heavy_request(flood)
+    typed = pb.ModelInferRequest(model_name="digits")
+    typed.inputs.add(name="x", datatype="BOOL", shape=[1]).contents.bool_contents.extend(
+        [True] * codec.OFFLOAD_BYTES
+    )
+    assert converters.heavy_request(typed)
