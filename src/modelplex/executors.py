@@ -12,7 +12,9 @@ has its own named pool, bounded in threads and in the work that may wait:
     dns     resolving callback URLs (getaddrinfo cannot be cancelled: bounded,
             and its callers wait with a timeout)
     loads   model (re)loads: a few at a time, further ones refused at once
-    cpu     CPU-heavy request work off the loop (JSON parsing and encoding)
+
+CPU-heavy request work (JSON parsing, tensor decoding) has one pool per process,
+not per composition root: `modelplex.core.offload`, built from `Pool` too.
 
 Pool threads are daemon threads: a thread stuck in user code or in the
 resolver never keeps a stopping process alive.
@@ -21,7 +23,6 @@ resolver never keeps a stopping process alive.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -36,7 +37,6 @@ T = TypeVar("T")
 
 DNS_THREADS = 8
 DNS_QUEUE = 64
-CPU_QUEUE = 256
 BLOB_QUEUE = 1024
 
 _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -129,23 +129,20 @@ class Executors:
     blobs: Pool
     dns: Pool
     loads: Pool
-    cpu: Pool
     steps: Pool | None = None
     """Only in processes that run jobs."""
 
     @classmethod
     def build(cls, settings: Settings, *, steps: bool = False) -> Executors:
-        cpu = max(1, (os.cpu_count() or 1) // 2)
         return cls(
             blobs=Pool("blobs", settings.blob_io_threads, queue_size=BLOB_QUEUE),
             dns=Pool("dns", DNS_THREADS, queue_size=DNS_QUEUE),
             loads=Pool("loads", settings.model_load_threads, queue_size=0),
-            cpu=Pool("cpu", cpu, queue_size=CPU_QUEUE),
             # One thread per job the worker runs: a job runs one sync step at a time.
             steps=Pool("steps", settings.worker_concurrency) if steps else None,
         )
 
     def close(self) -> None:
-        for pool in (self.blobs, self.dns, self.loads, self.cpu, self.steps):
+        for pool in (self.blobs, self.dns, self.loads, self.steps):
             if pool is not None:
                 pool.close()

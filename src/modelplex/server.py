@@ -96,8 +96,9 @@ class _Process:
                 from modelplex.grpc.server import GrpcServer  # needs the generated protocol code
 
                 grpc_server = GrpcServer(
-                    self.modelplex.v2, settings.host, settings.grpc_port, settings.max_request_bytes
-                )
+                    self.modelplex.v2, settings.host, settings.grpc_port,
+                    settings.max_request_bytes, settings.max_tensor_elements,
+                )  # fmt: skip
                 await grpc_server.start()
                 self.grpc_port = grpc_server.port
             await self.http.serve(sockets=[self.sock])

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """gRPC port; 0 picks a free one."""
 
+    max_tensor_elements: int = Field(default=1_048_576, gt=0)
+    """Most BYTES (string) elements one V2 REST or gRPC inference request may carry
+    over all its inputs; more is PAYLOAD_TOO_LARGE, refused before decoding. Each
+    element is a Python object, so a body of tiny ones would cost millions of them;
+    numeric tensors decode in one copy and are bounded by `max_request_bytes`."""
+
     model_repository: Path | None = None
     """Directory with one folder per model. Unset: the example repository, built
     once into `cache_dir` so a fresh data directory starts in seconds."""

@@ -35,6 +35,7 @@ class GrpcServer:
     http: httpx.Client
     address: str
     rest_url: str
+    pid: int
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def grpc_server(
                     pass
                 assert time.monotonic() < deadline, "server did not become ready"
                 time.sleep(0.1)
-            yield GrpcServer(http, f"127.0.0.1:{grpc_port}", rest_url)
+            yield GrpcServer(http, f"127.0.0.1:{grpc_port}", rest_url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -128,6 +129,32 @@ def test_infer_matches_the_v1_api(
         [p["confidence"] for p in v1["predictions"]],
         rtol=1e-5,
     )
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_gzip_bomb_is_resource_exhausted_without_inflating(
+    client: triton.InferenceServerClient, grpc_server: GrpcServer
+) -> None:
+    """64 MiB of zeros, gzip-compressed by tritonclient to about 64 KiB: grpc core
+    stops inflating at the 16 MiB receive limit, so the server never holds it."""
+    inflated = 64 * 1024 * 1024
+    before = peak_rss_bytes(grpc_server.pid)
+    tensor = triton.InferInput("pixels", [inflated // 256, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((inflated // 256, 64), np.float32))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("digits", [tensor], compression_algorithm="gzip", client_timeout=60)
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert peak_rss_bytes(grpc_server.pid) - before < inflated // 4
+    ordinary = triton.InferInput("pixels", [2, 64], "FP32")
+    ordinary.set_data_from_numpy(DIGITS[:2])
+    result = client.infer("digits", [ordinary], compression_algorithm="gzip")
+    assert result.as_numpy("label").shape == (2,)
 
 
 def test_typed_contents_without_raw_bytes(grpc_server: GrpcServer) -> None:

@@ -240,7 +240,7 @@ def _pixels(**fields: object) -> dict[str, object]:
         (_pixels(shape=[2**40, 2**40, 2**40]), "64 values for shape"),
         (_pixels(shape=[1] * 40), "at most 32 dimensions"),
         (_pixels(shape=[0, 2**40], data=[]), "shape"),
-        (_pixels(data=[[0.0] * 32, [[0.0] * 31]]), "63 values for shape"),
+        (_pixels(data=[[0.0] * 32, [[0.0] * 31]]), "data is ragged"),
         (_pixels(shape=[1, 1], data=nested([0], 40)), "nested deeper"),
         (_pixels(datatype="FP16", data=[70000.0] * 64), "out of range"),
         (_pixels(data=[True] * 64), "expects numbers"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelplex.core.tensors import Datatype
-from modelplex.errors import InvalidInput
+from modelplex.errors import InvalidInput, PayloadTooLarge
 from modelplex.oip import codec
 
 WHAT = "input 'x'"
@@ -234,25 +234,62 @@ def test_from_json_refuses_lossy_conversions(
     assert caught.value.message == message
 
 
-@pytest.mark.xfail(
-    reason="known gap (docs/2-architecture.md): np.asarray([True, 1]) is an integer "
-    "array, so a boolean mixed with numbers is read as 1 instead of refused like [True]",
-    raises=pytest.fail.Exception,
-)
 @pytest.mark.parametrize("data", [[True, 1], [2, False], [1.5, True]])
-def test_from_json_refuses_booleans_mixed_with_numbers(data: list[Any]) -> None:
-    with pytest.raises(InvalidInput):
-        codec.from_json(data, Datatype.FP64, (2,), WHAT)
+@pytest.mark.parametrize("datatype", [Datatype.FP64, Datatype.INT32, Datatype.BOOL])
+def test_from_json_refuses_booleans_mixed_with_numbers(data: list[Any], datatype: Datatype) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_json(data, datatype, (2,), WHAT)
+    assert caught.value.message == (
+        f"input 'x' expects numbers of datatype {datatype}, not booleans"
+    )
 
 
-@pytest.mark.xfail(
-    reason="known gap (docs/2-architecture.md): np.asarray([1, 2**63]) is float64, so "
-    "UINT64 data on both sides of 2**63 is refused as 'expects integers (UINT64)'",
-    raises=InvalidInput,
-)
 def test_from_json_uint64_on_both_sides_of_2_to_the_63() -> None:
     tensor = codec.from_json([1, 2**63, 2**64 - 1], Datatype.UINT64, (3,), WHAT)
+    assert tensor.dtype == np.uint64
     assert tensor.tolist() == [1, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("data", [[-1, 2**63], [1, 2**64]])
+def test_from_json_uint64_out_of_range_with_large_values(data: list[int]) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_json(data, Datatype.UINT64, (2,), WHAT)
+    assert caught.value.message == "input 'x' has values out of range for UINT64"
+
+
+@pytest.mark.parametrize(
+    ("data", "shape"),
+    [
+        ([[1, 2], [3]], (3,)),
+        ([[1], [2, 3]], (3,)),
+        ([1, [2]], (2,)),
+        ([[1], 2], (2,)),
+        ([[], [1]], (1,)),
+        ([[[1, 2]], [3, 4]], (4,)),
+        ([[[1]], [[]]], (1,)),
+    ],
+)
+def test_from_json_refuses_ragged_nesting_even_when_the_count_fits(
+    data: Any, shape: tuple[int, ...]
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_json(data, Datatype.FP32, shape, WHAT)
+    assert caught.value.message == "input 'x': data is ragged (it must be nested like a tensor)"
+
+
+def test_from_json_regular_nesting_of_empty_lists() -> None:
+    tensor = codec.from_json([[], []], Datatype.FP32, (2, 0), WHAT)
+    assert tensor.shape == (2, 0)
+
+
+@pytest.mark.parametrize("depth", [65, 1_000, 100_000])
+def test_from_json_deep_bytes_data_is_invalid_input(depth: int) -> None:
+    data: Any = "a"
+    for _ in range(depth):
+        data = [data]
+    with pytest.raises(InvalidInput) as caught:  # not numpy's 64-dimension ValueError
+        codec.from_json(data, Datatype.BYTES, (1,), WHAT)
+    assert caught.value.message == "input 'x': data is nested deeper than 32 levels"
 
 
 def test_from_json_uint64_at_the_top_of_the_range() -> None:
@@ -405,3 +442,60 @@ def test_bytes_element_count_must_match_the_shape() -> None:
     with pytest.raises(InvalidInput) as caught:
         codec.from_raw(_frame(b"a", b"b", b"c"), Datatype.BYTES, (2, 2), WHAT)
     assert caught.value.message == "input 'x': 3 BYTES elements for shape [2, 2]"
+
+
+def test_more_bytes_elements_than_the_shape_stops_the_walk() -> None:
+    raw = _frame(b"a", b"bc") * 10
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_raw(raw, Datatype.BYTES, (2, 2), WHAT)
+    assert caught.value.message == "input 'x': more than 4 BYTES elements for shape [2, 2]"
+    assert len(codec.split_bytes(raw, WHAT, 4)) == 5  # one past the shape, not all 20
+
+
+@pytest.mark.parametrize("size", [0, 1, 7])
+def test_bytes_of_one_length_decode_alike(size: int) -> None:
+    items = [bytes([i % 256]) * size for i in range(1000)]
+    tensor = codec.from_raw(_frame(*items), Datatype.BYTES, (10, 100), WHAT)
+    assert tensor.dtype == object
+    assert tensor.reshape(-1).tolist() == items
+    assert codec.to_raw(tensor) == _frame(*items)
+
+
+def test_bytes_uniform_stride_that_is_not_uniform_framing() -> None:
+    # Two 8-byte strides whose second prefix is not 4: decoded element by element.
+    raw = _frame(b"abcd") + _frame(b"", b"")
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_raw(raw, Datatype.BYTES, (2,), WHAT)
+    assert caught.value.message == "input 'x': more than 2 BYTES elements for shape [2]"
+
+
+def test_a_flood_of_empty_bytes_elements_decodes_in_one_step() -> None:
+    count = 4 * 1024 * 1024  # 16 MiB of empty elements
+    tensor = codec.from_raw(bytes(4 * count), Datatype.BYTES, (count,), WHAT)
+    assert tensor.shape == (count,)
+    assert tensor[0] == tensor[-1] == b""
+
+
+@pytest.mark.parametrize("value", [2, 255])
+def test_bool_raw_bytes_must_be_zero_or_one(value: int) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        codec.from_raw(bytes([1, 0, value]), Datatype.BOOL, (3,), WHAT)
+    assert caught.value.message == "input 'x': BOOL data must be bytes 0 or 1"
+
+
+# -- the element budget -------------------------------------------------------------
+
+
+def test_the_element_budget_counts_bytes_elements_over_all_inputs() -> None:
+    budget = codec.ElementBudget(10)
+    assert budget.charge(Datatype.FP32, (1000, 64), WHAT) == 64_000  # numbers are free
+    budget.charge(Datatype.BYTES, (2, 3), WHAT)
+    budget.charge(Datatype.BYTES, (4,), "input 'y'")
+    with pytest.raises(PayloadTooLarge) as caught:
+        budget.charge(Datatype.BYTES, (1,), "input 'z'")
+    assert caught.value.message == "input 'z': a request carries at most 10 BYTES elements"
+
+
+def test_the_element_budget_refuses_a_hostile_shape_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge):
+        codec.ElementBudget(10).charge(Datatype.BYTES, (codec.MAX_DIM,) * 3, WHAT)

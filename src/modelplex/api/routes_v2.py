@@ -182,7 +182,10 @@ async def infer(request: Request) -> Response:
         settings.max_request_bytes,
     )  # fmt: skip
     document, inputs = await v2_wire.parse_infer(
-        body, request.headers.get(HEADER_LENGTH), json_limits_of(request)
+        body,
+        request.headers.get(HEADER_LENGTH),
+        json_limits_of(request),
+        settings.max_tensor_elements,
     )
     parameters = document.parameters or {}
     v2_request = V2Request(
@@ -197,7 +200,7 @@ async def infer(request: Request) -> Response:
     )
     binary_all = v2_wire.flag(parameters, "binary_data_output", "request")
     response = await _service(request).infer(v2_request)
-    content, json_length = v2_wire.encode(response, binary_all)
+    content, json_length = await v2_wire.encoded(response, binary_all)
     headers = {"X-Model-Name": response.model, "X-Model-Version": response.version}
     media = "application/json"
     if json_length is not None:

@@ -52,18 +52,18 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 async def parse_infer(
-    body: bytes, header_length: str | None, limits: JsonLimits
+    body: bytes, header_length: str | None, limits: JsonLimits, max_elements: int
 ) -> tuple[V2InferRequest, list[V2Tensor]]:
-    """The JSON header document (within the JSON limits) and the decoded inputs
-    (large bodies off the loop)."""
+    """The JSON header document (within the JSON limits) and the decoded inputs, at
+    most `max_elements` BYTES elements in all (large bodies off the loop)."""
     if header_length is None:
         header, binary = body, b""
     else:
         split = _header_length(header_length, len(body))
         header, binary = body[:split], body[split:]
-    if len(body) > offload.WORTH_A_THREAD_BYTES:
-        return await offload.cpu_bound(_request_from, header, binary, limits)
-    return _request_from(header, binary, limits)
+    if len(body) > codec.OFFLOAD_BYTES:
+        return await offload.cpu_bound(_request_from, header, binary, limits, max_elements)
+    return _request_from(header, binary, limits, max_elements)
 
 
 def _header_length(value: str, body_length: int) -> int:
@@ -77,16 +77,17 @@ def _header_length(value: str, body_length: int) -> int:
 
 
 def _request_from(
-    header: bytes, binary: bytes, limits: JsonLimits
+    header: bytes, binary: bytes, limits: JsonLimits, max_elements: int
 ) -> tuple[V2InferRequest, list[V2Tensor]]:
     document = parse(
         V2InferRequest, jsonlimits.loads(header, limits, "the inference header"),
         "the inference request",
     )  # fmt: skip
+    budget = codec.ElementBudget(max_elements)
     offset = 0
     inputs = []
     for item in document.inputs:
-        tensor, used = _input(item, binary, offset)
+        tensor, used = _input(item, binary, offset, budget)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -94,10 +95,13 @@ def _request_from(
     return document, inputs
 
 
-def _input(item: V2RequestInput, binary: bytes, offset: int) -> tuple[V2Tensor, int]:
+def _input(
+    item: V2RequestInput, binary: bytes, offset: int, budget: codec.ElementBudget
+) -> tuple[V2Tensor, int]:
     what = f"input '{item.name}'"
     datatype = codec.datatype_of(item.datatype)
     shape = codec.check_shape(item.shape, what)
+    budget.charge(datatype, shape, what)
     parameters = item.parameters or {}
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -138,6 +142,13 @@ def flag(parameters: dict[str, Any], name: str, what: str) -> bool:
 
 
 # -- response encoding --------------------------------------------------------------
+async def encoded(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
+    """`encode`, off the loop when the answer is large."""
+    if codec.heavy(t.data for t in response.outputs):
+        return await offload.cpu_bound(encode, response, binary_all)
+    return encode(response, binary_all)
+
+
 def encode(response: V2Response, binary_all: bool) -> tuple[bytes, int | None]:
     """The JSON document, followed by binary tensors if any output is binary."""
     outputs = []

@@ -21,7 +21,16 @@ SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full
 
 
 class GrpcServer:
-    def __init__(self, service: V2Service, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        service: V2Service,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        max_tensor_elements: int,
+    ) -> None:
+        # grpc core applies the receive limit to the decompressed message and stops
+        # inflating there, so a compressed request cannot grow past it in memory.
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -31,7 +40,7 @@ class GrpcServer:
         register: Callable[[Any, Any], None] = (
             inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
         )
-        register(InferenceServicer(service), self._server)
+        register(InferenceServicer(service, max_tensor_elements), self._server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

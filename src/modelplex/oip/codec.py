@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from modelplex.core.rawtensors import element_count, from_raw, reshape, split_bytes, to_raw
 from modelplex.core.tensors import Array, Datatype, cast_checked
-from modelplex.errors import InvalidInput
+from modelplex.errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["element_count", "from_raw", "reshape", "split_bytes", "to_raw"]
+
+OFFLOAD_BYTES = 64 * 1024
+"""Requests larger than this are decoded (and answers whose tensors hold more
+are encoded) off the event loop; smaller ones cost less than the hand-off."""
+OFFLOAD_ELEMENTS = 4096
+"""Likewise for BYTES elements (each one a Python object to build)."""
+
+
+def heavy(tensors: Iterable[Array]) -> bool:
+    """Whether encoding these tensors is worth a trip off the event loop."""
+    return any(
+        t.nbytes > OFFLOAD_BYTES or (t.dtype == object and t.size > OFFLOAD_ELEMENTS)
+        for t in tensors
+    )
+
+
+class ElementBudget:
+    """The BYTES elements one request may still decode (`max_tensor_elements`).
+
+    Numeric tensors are one vectorised copy bounded by the body limit; a BYTES
+    element is a Python object, so a body of tiny elements would be millions of
+    them. The budget is charged from the declared shape, before any decoding.
+    """
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def charge(self, datatype: Datatype, shape: tuple[int, ...], what: str) -> int:
+        count = element_count(shape)
+        if datatype is Datatype.BYTES:
+            if count > self.left:
+                raise PayloadTooLarge(
+                    f"{what}: a request carries at most {self.limit} BYTES elements"
+                )
+            self.left -= count
+        return count
 
 
 def datatype_of(name: str) -> Datatype:
@@ -43,34 +83,55 @@ def from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str) 
     flat = _flatten(data, what)
     if len(flat) != element_count(shape):
         raise InvalidInput(f"{what}: {len(flat)} values for shape {list(shape)}")
+    types = set(map(type, flat))  # one C-level pass: what numpy's promotion would hide
     if datatype is Datatype.BYTES:
+        if not types <= {str, bytes}:
+            raise InvalidInput(f"{what}: BYTES data must be strings")
         array = np.empty(len(flat), dtype=object)
-        for i, value in enumerate(flat):
-            if not isinstance(value, str | bytes):
-                raise InvalidInput(f"{what}: BYTES data must be strings")
-            array[i] = value.encode() if isinstance(value, str) else value
+        array[:] = [v.encode() if type(v) is str else v for v in flat]
         return reshape(array, shape, what)
+    if bool in types and types != {bool}:
+        # numpy reads [True, 1] as integers; a boolean is never a number here.
+        raise InvalidInput(f"{what} expects numbers of datatype {datatype}, not booleans")
     try:
-        raw = np.asarray(flat)
-    except (ValueError, OverflowError):
+        if types == {int} and datatype is Datatype.UINT64:
+            # numpy guesses float64 for integers on both sides of 2**63.
+            raw = np.asarray(flat, dtype=np.uint64)
+        else:
+            raw = np.asarray(flat)
+    except OverflowError:
+        raise InvalidInput(f"{what} has values out of range for {datatype}") from None
+    except ValueError:
         raise InvalidInput(f"{what}: data is not numeric") from None
     return reshape(cast_checked(raw, datatype, what), shape, what)
 
 
 def _flatten(data: Any, what: str) -> list[Any]:
     """Nested lists as one row-major list, without recursion (nesting depth is the
-    client's choice)."""
+    client's choice). Nesting must be regular: every list at one depth has the same
+    length and values sit at one depth only, as in a tensor."""
     if not isinstance(data, list):
         return [data]
     out: list[Any] = []
+    lengths = [len(data)]  # the length of the lists at each depth, from the first seen
+    leaf_depth = -1
     stack = [iter(data)]
     while stack:
+        depth = len(stack)  # of the items the innermost iterator yields
         for item in stack[-1]:
             if isinstance(item, list):
-                if len(stack) >= MAX_DIMS:
+                if depth >= MAX_DIMS:
                     raise InvalidInput(f"{what}: data is nested deeper than {MAX_DIMS} levels")
+                if depth == len(lengths):
+                    lengths.append(len(item))
+                if lengths[depth] != len(item) or leaf_depth == depth:
+                    raise InvalidInput(f"{what}: data is ragged (it must be nested like a tensor)")
                 stack.append(iter(item))
                 break
+            if leaf_depth != depth:
+                if leaf_depth != -1 or depth < len(lengths):
+                    raise InvalidInput(f"{what}: data is ragged (it must be nested like a tensor)")
+                leaf_depth = depth
             out.append(item)
         else:
             stack.pop()

@@ -16,6 +16,11 @@ from modelplex.oip import codec
 from modelplex.oip.service import CONFIG_TYPES, V2Request, V2Response, V2Service, V2Tensor
 
 DIGIT = np.arange(64, dtype=np.float32).reshape(1, 64) % 17
+MAX_ELEMENTS = 1000
+
+
+def infer_request(message: pb.ModelInferRequest) -> V2Request:
+    return converters.infer_request(message, MAX_ELEMENTS)
 
 
 def request(*inputs: tuple[str, str, list[int]], **fields: Any) -> pb.ModelInferRequest:
@@ -36,7 +41,7 @@ def test_infer_request_from_raw_input_contents() -> None:
     message = request(("x", "FP32", [2, 2]), ("s", "BYTES", [2, 1]), id="r-1")
     message.raw_input_contents.append(struct.pack("<4f", 1.0, 2.5, -3.0, 0.25))
     message.raw_input_contents.append(framed(b"ab", b"\xff"))
-    converted = converters.infer_request(message)
+    converted = infer_request(message)
     assert isinstance(converted, V2Request)
     assert (converted.model, converted.version, converted.id) == ("m", None, "r-1")
     assert converted.outputs is None  # none asked for: all of them
@@ -53,13 +58,13 @@ def test_raw_contents_take_precedence_over_typed_contents() -> None:
     message = request(("x", "INT32", [2]))
     message.inputs[0].contents.int_contents.extend([7, 8])
     message.raw_input_contents.append(struct.pack("<2i", 1, -1))
-    assert converters.infer_request(message).inputs[0].data.tolist() == [1, -1]
+    assert infer_request(message).inputs[0].data.tolist() == [1, -1]
 
 
 def test_fp16_is_read_from_raw_contents() -> None:
     message = request(("x", "FP16", [3]))
     message.raw_input_contents.append(struct.pack("<3e", 0.5, -2.0, 65504.0))
-    (x,) = converters.infer_request(message).inputs
+    (x,) = infer_request(message).inputs
     assert x.data.dtype == np.float16
     assert x.data.tolist() == [0.5, -2.0, 65504.0]
 
@@ -69,7 +74,7 @@ def test_raw_input_contents_must_match_the_inputs(raw: int, inputs: int) -> None
     message = request(*[(f"x{i}", "FP32", [1]) for i in range(inputs)])
     message.raw_input_contents.extend([struct.pack("<f", 1.0)] * raw)
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(message)
+        infer_request(message)
     assert caught.value.message == (
         f"{raw} raw_input_contents for {inputs} inputs: give one per input"
     )
@@ -79,7 +84,7 @@ def test_raw_contents_of_the_wrong_size() -> None:
     message = request(("x", "FP32", [1, 64]))
     message.raw_input_contents.append(b"\x00" * 255)
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(message)
+        infer_request(message)
     assert caught.value.message == ("input 'x': 255 bytes for shape [1, 64] of FP32 (expected 256)")
 
 
@@ -87,7 +92,7 @@ def test_raw_bytes_framing_errors() -> None:
     message = request(("s", "BYTES", [1]))
     message.raw_input_contents.append(b"\x09\x00\x00\x00short")
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(message)
+        infer_request(message)
     assert caught.value.message == "input 's': a BYTES element runs past the end of the data"
 
 
@@ -121,7 +126,7 @@ def test_infer_request_from_typed_contents(
 ) -> None:
     message = request(("x", datatype.value, [2, 1]))
     getattr(message.inputs[0].contents, field).extend(values)
-    (x,) = converters.infer_request(message).inputs
+    (x,) = infer_request(message).inputs
     assert x.datatype is datatype
     assert x.shape == (2, 1)
     assert x.data.dtype == datatype.numpy_dtype
@@ -131,12 +136,12 @@ def test_infer_request_from_typed_contents(
 def test_uint64_contents_on_both_sides_of_2_to_the_63() -> None:
     message = request(("x", "UINT64", [2]))
     message.inputs[0].contents.uint64_contents.extend([1, 2**63])
-    (x,) = converters.infer_request(message).inputs
+    (x,) = infer_request(message).inputs
     assert x.data.tolist() == [1, 2**63]
 
 
 def test_empty_typed_contents_for_an_empty_shape() -> None:
-    (x,) = converters.infer_request(request(("x", "FP32", [0, 3]))).inputs
+    (x,) = infer_request(request(("x", "FP32", [0, 3]))).inputs
     assert x.data.shape == (0, 3)
     assert x.data.dtype == np.float32
 
@@ -160,21 +165,21 @@ def test_typed_contents_errors(
     converted = request(("x", datatype, shape))
     getattr(converted.inputs[0].contents, field).extend(values)
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(converted)
+        infer_request(converted)
     assert caught.value.message == message
 
 
 def test_unknown_datatype_and_hostile_shape() -> None:
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(request(("x", "FLOAT", [1])))
+        infer_request(request(("x", "FLOAT", [1])))
     assert caught.value.message.startswith("unknown datatype 'FLOAT'")
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(request(("x", "FP32", [-1])))
+        infer_request(request(("x", "FP32", [-1])))
     assert caught.value.message == (
         f"input 'x': shape must be a list of integers between 0 and {codec.MAX_DIM}"
     )
     with pytest.raises(InvalidInput) as caught:
-        converters.infer_request(request(("x", "FP32", [1] * 33)))
+        infer_request(request(("x", "FP32", [1] * 33)))
     assert caught.value.message == "input 'x': a shape has at most 32 dimensions"
 
 
@@ -187,7 +192,7 @@ def test_infer_request_version_outputs_and_parameters() -> None:
     wanted = message.outputs.add(name="probabilities")
     wanted.parameters["classification"].int64_param = 2
     message.outputs.add(name="label")
-    converted = converters.infer_request(message)
+    converted = infer_request(message)
     assert (converted.version, converted.id) == ("2", None)
     assert converted.parameters == {"timeout": 250_000, "priority": 3}
     assert converted.inputs[0].datatype is Datatype.FP32  # names are case-insensitive

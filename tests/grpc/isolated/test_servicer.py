@@ -35,7 +35,7 @@ class Connected:
 
 @pytest.fixture
 async def connected(service: V2Service) -> AsyncIterator[Connected]:
-    server = GrpcServer(service, "127.0.0.1", 0, 16 * 1024 * 1024)
+    server = GrpcServer(service, "127.0.0.1", 0, 16 * 1024 * 1024, 1_000_000)
     assert server.port > 0
     await server.start()
     # The generated stub is untyped (as in modelplex.grpc.server).
@@ -266,7 +266,7 @@ async def test_health_service_is_serving(connected: Connected) -> None:
 
 
 async def test_stop_marks_the_services_not_serving(service: V2Service) -> None:
-    server = GrpcServer(service, "127.0.0.1", 0, 16 * 1024 * 1024)
+    server = GrpcServer(service, "127.0.0.1", 0, 16 * 1024 * 1024, 1_000_000)
     await server.start()
     await server.stop(grace_s=1.0)
     for name in ("", SERVICE):
