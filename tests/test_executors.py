@@ -89,7 +89,7 @@ async def test_work_that_waited_past_its_timeout_never_runs() -> None:
 def test_every_purpose_has_its_own_pool() -> None:
     executors = Executors.build(Settings(worker_concurrency=64, model_load_threads=1), steps=True)
     pools = [executors.blobs, executors.dns, executors.loads, executors.steps]
-    assert len({id(p) for p in pools}) == 5
+    assert len({id(p) for p in pools}) == 4
     assert executors.steps is not None
     assert executors.steps.threads == 64  # one thread per job the worker runs
     assert executors.loads.threads == 1
