@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from modelplex.core.dataplane import DataPlane
+from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.pipelines import PipelineRegistry
@@ -136,8 +137,8 @@ class ModelplexWorker:
 
     def __init__(self, settings: Settings, repository: Path, *, store: Store | None = None) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(repository, settings)
-        self.dataplane = DataPlane(self.registry, settings)
+        self.registry = ModelRegistry(repository, settings, serves_sync=False)
+        self.dataplane = DataPlane(self.registry, settings, Priority.JOB)
         self.pipelines = PipelineRegistry(repository)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self._own_store = store is None

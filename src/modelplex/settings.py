@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     max_request_timeout_ms: int = Field(default=300_000, gt=0)
     """Upper bound a client may ask for with `X-Request-Timeout-Ms`."""
 
-    default_max_batch_size: int = Field(default=1, gt=0)
-    """Batch size for models whose model.toml has no [batching] section."""
+    default_max_batch_size: int = Field(default=64, gt=0)
+    """Largest batch for models whose model.toml sets none. With no batching delay
+    (the default) batches are adaptive: a model call takes whatever is queued, up
+    to this, so a lone request runs at once and batches grow only under load."""
 
     default_max_batch_delay_ms: float = Field(default=0.0, ge=0)
     """Batching window for models whose model.toml sets none."""

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry, ServedVersion
 from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import CheckedRequest, check
@@ -22,9 +23,13 @@ from modelplex.settings import Settings
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(
+        self, registry: ModelRegistry, settings: Settings, priority: Priority = Priority.SYNC
+    ) -> None:
         self.registry = registry
         self._settings = settings
+        self.priority = priority
+        """The batcher priority of requests that name none (a job worker's: JOB)."""
         self._preprocess_pool = ThreadPoolExecutor(
             settings.effective_preprocess_threads, thread_name_prefix="preprocess"
         )
@@ -43,19 +48,24 @@ class DataPlane:
         """The request checked against the version that would serve it."""
         return check(self.registry.get(request.model, request.version), request)
 
-    async def infer(self, request: InferenceRequest) -> InferenceResult:
-        return await self.execute(self.check(request))
+    async def infer(
+        self, request: InferenceRequest, priority: Priority | None = None
+    ) -> InferenceResult:
+        return await self.execute(self.check(request), priority)
 
-    async def execute(self, checked: CheckedRequest) -> InferenceResult:
+    async def execute(
+        self, checked: CheckedRequest, priority: Priority | None = None
+    ) -> InferenceResult:
         """Run a checked request: deadline, admission, pre-processing, batch, results."""
         served, request, rows = checked.served, checked.request, checked.rows
+        priority = self.priority if priority is None else priority
         deadline = self.deadline_for(served, request)
         started = time.monotonic()
         # asyncio's timeouts run on the loop's clock; convert our monotonic deadline.
         loop_deadline = asyncio.get_running_loop().time() + (deadline - started)
         try:
             async with asyncio.timeout_at(loop_deadline):
-                result = await self._run(served, request, rows, deadline)
+                result = await self._run(served, request, rows, deadline, priority)
         except TimeoutError:
             served.stats.fail.add(time.monotonic() - started)
             raise InferenceTimeout(
@@ -69,11 +79,17 @@ class DataPlane:
         return result
 
     async def _run(
-        self, served: ServedVersion, request: InferenceRequest, rows: int, deadline: float
+        self,
+        served: ServedVersion,
+        request: InferenceRequest,
+        rows: int,
+        deadline: float,
+        priority: Priority,
     ) -> InferenceResult:
         timings = request.timings
         inputs = request.inputs
-        admission = served.batcher.admit(rows)  # shed load before pre-processing, not after
+        # Shed load before pre-processing, not after.
+        admission = served.batcher.admit(rows, priority)
         try:
             if served.preprocessor is not None:
                 loop = asyncio.get_running_loop()
@@ -85,7 +101,7 @@ class DataPlane:
                 timings.preprocess_s += outcome.transform_s
                 served.stats.compute_input.add(outcome.decode_s + outcome.transform_s)
             input_shapes = {name: list(tensor.shape) for name, tensor in inputs.items()}
-            batch = await served.batcher.submit(inputs, rows, deadline, admission)
+            batch = await served.batcher.submit(inputs, rows, deadline, admission, priority)
         finally:
             admission.release()
         timings.queue_wait_s = batch.queue_wait_s

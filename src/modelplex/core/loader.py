@@ -15,8 +15,9 @@ from pathlib import Path
 from modelplex.core.batching import Batcher
 from modelplex.core.catalog import ModelState, version_sort_key
 from modelplex.core.classification import Classifier, read_labels
-from modelplex.core.model_config import ModelConfig, load_model_config
+from modelplex.core.model_config import ModelConfig, RuntimeKind, load_model_config
 from modelplex.core.preprocessing import ImagePreprocessor
+from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.runtimes import Runtime, RuntimeSpec, load_runtime
 from modelplex.core.runtimes.base import describe_failure
 from modelplex.core.served import ModelEntry, ServedVersion, VersionFailure
@@ -46,8 +47,9 @@ def _runtime_inputs(
 class VersionLoader:
     """Builds model entries with the server's defaults filling the gaps in model.toml."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sync_share: float = LOW_PRIORITY_SHARE) -> None:
         self._settings = settings
+        self._sync_share = sync_share
 
     def build_entry(self, name: str, folder: Path) -> ModelEntry:
         started = time.perf_counter()
@@ -135,7 +137,9 @@ class VersionLoader:
             inputs=inputs,
             outputs=outputs,
             runtime=runtime,
-            batcher=self._batcher(f"{entry.name}:{version}", config, runtime, executor, stats),
+            batcher=self._batcher(
+                f"{entry.name}:{version}", config, runtime, executor, stats, kind
+            ),
             executor=executor,
             stats=stats,
             preprocessor=preprocessor,
@@ -150,6 +154,7 @@ class VersionLoader:
         runtime: Runtime,
         executor: ThreadPoolExecutor,
         stats: ModelStats,
+        kind: RuntimeKind,
     ) -> Batcher:
         """The model's batching settings, with the server's defaults filling the gaps."""
         batching, settings = config.batching, self._settings
@@ -168,4 +173,7 @@ class VersionLoader:
             max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
             stats=stats,
             instances=batching.instances,
+            # Library code never blocks; a user's Python model may (on purpose, or on IO).
+            inline=kind is not RuntimeKind.PYTHON,
+            low_priority_share=self._sync_share,
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modelplex.core.catalog import ModelInfo, ModelState, Readiness, version_sort_key
 from modelplex.core.loader import NAME, VersionLoader
+from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.served import ModelEntry, ServedVersion
 from modelplex.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from modelplex.settings import Settings
@@ -28,9 +29,13 @@ PIPELINE_FILE = "pipeline.toml"
 
 
 class ModelRegistry:
-    def __init__(self, repository: Path, settings: Settings) -> None:
+    def __init__(self, repository: Path, settings: Settings, *, serves_sync: bool = True) -> None:
+        """`serves_sync`: whether synchronous requests reach these models (a job
+        worker's registry serves none, so jobs may fill the models' whole queues)."""
         self.repository = repository
-        self._loader = VersionLoader(settings)
+        self._loader = VersionLoader(
+            settings, sync_share=LOW_PRIORITY_SHARE if serves_sync else 1.0
+        )
         self._models: dict[str, ModelEntry] = {}
         self._replaced: list[ModelEntry | None] = []
         self._lock = threading.Lock()
