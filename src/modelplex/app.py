@@ -76,8 +76,13 @@ class Modelplex:
         *,
         store: Store | None = None,
         clock: Clock = time.time,
+        replica: bool = False,
     ) -> None:
+        """`replica`: one more serving process beside a first one that owns the job
+        side; it serves requests (jobs included: they go to the shared store) but
+        runs no migration, dispatcher, retention or workers of its own."""
         self.settings = settings
+        self.replica = replica
         self.repository = repository
         self.registry = ModelRegistry(repository, settings)
         self.dataplane = DataPlane(self.registry, settings)
@@ -93,6 +98,10 @@ class Modelplex:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.replica:
+            await asyncio.to_thread(self.pipelines.load_all)
+            self._loading = asyncio.create_task(self._load_models(), name="load-models")
+            return
         if isinstance(self.store, SqlStore):
             # The job database must be reachable: fail start-up now, not every job later.
             await self.store.migrate()

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port; 0 picks a free one."""
 
+    http_processes: int = Field(default=1, ge=0, le=64)
+    """Serving processes sharing the HTTP (and gRPC) port, each with its own copy
+    of the models; 0: one per core. The first also runs the job side (webhooks,
+    retention, embedded workers). Each one adds the models' memory again."""
+
     grpc_enabled: bool = True
     """Serve the Open Inference Protocol over gRPC too (with health and reflection)."""
 
@@ -198,6 +203,10 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"settings file not found: {path}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def effective_http_processes(self) -> int:
+        return self.http_processes or (os.cpu_count() or 1)
 
     @property
     def effective_inference_threads(self) -> int:
