@@ -12,6 +12,7 @@ experiments, metrics) are built here and handed to both adapters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ from pathlib import Path
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry
+from modelplex.errors import ModelplexError
 from modelplex.jobs.batches import BatchService
+from modelplex.jobs.control import JobControl, Outcome
 from modelplex.jobs.pipelines import PipelineRegistry
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.service import JobService
@@ -29,7 +32,7 @@ from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc
-from modelplex.records import Clock
+from modelplex.records import Clock, Job
 from modelplex.retry import Backoff, RetryPolicy
 from modelplex.settings import Settings
 from modelplex.storage.blobs import LocalBlobStore
@@ -140,9 +143,34 @@ class Modelplex:
         return await self._background.purge_once()
 
 
+class _LoadingRunner(JobRunner):
+    """A worker's runner: loads the models a job names (its target, or its
+    pipeline's model steps) on a thread before running it, the first time only."""
+
+    def __init__(
+        self, registry: ModelRegistry, dataplane: DataPlane, pipelines: PipelineRegistry,
+        blobs: LocalBlobStore, gen0_threshold: int,
+    ) -> None:  # fmt: skip
+        super().__init__(dataplane, pipelines, blobs)
+        self._registry = registry
+        self._gen0_threshold = gen0_threshold
+
+    async def run(self, job: Job, control: JobControl) -> Outcome:
+        names = [job.target]
+        with contextlib.suppress(ModelplexError):  # not a pipeline: a model (or nothing)
+            config = self.pipelines.get(job.target).config
+            names = [s.model for s in config.steps if s.model] if config else []
+        loaded = False
+        for name in names:
+            loaded |= await asyncio.to_thread(self._registry.ensure_loaded, name)
+        if loaded:
+            tune_gc(self._gen0_threshold)  # the new model out of the collector's sight
+        return await super().run(job, control)
+
+
 class ModelplexWorker:
     """A `modelplex worker` process's parts: its own registry and data plane, the
-    pipelines, and a worker over the job store."""
+    pipelines, and a worker over the job store. Models load on first use."""
 
     def __init__(self, settings: Settings, repository: Path, *, store: Store | None = None) -> None:
         self.settings = settings
@@ -152,7 +180,9 @@ class ModelplexWorker:
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self._own_store = store is None
         self.store: Store = store or SqlStore.connect(database_url(settings))
-        runner = JobRunner(self.dataplane, self.pipelines, self.blobs)
+        runner = _LoadingRunner(
+            self.registry, self.dataplane, self.pipelines, self.blobs, settings.gc_gen0_threshold
+        )
         self.worker = Worker(self.store, runner, self.blobs, worker_config(settings))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -160,7 +190,7 @@ class ModelplexWorker:
         try:
             if isinstance(self.store, SqlStore):
                 await self.store.migrate()
-            await asyncio.to_thread(self.registry.load_all)
+            await asyncio.to_thread(self.registry.load_all, lazy=True)
             await asyncio.to_thread(self.pipelines.load_all)
             tune_gc(self.settings.gc_gen0_threshold)
             await self.worker.run(stop)

@@ -39,12 +39,16 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}
         self._replaced: list[ModelEntry | None] = []
         self._lock = threading.Lock()
+        self._deferred: dict[str, threading.Lock] = {}
+        """Lazy mode: folders not loaded yet, each with the lock its first load takes."""
         self.loaded = threading.Event()
         """Set once the initial load of the whole repository has finished."""
 
     # -- loading ---------------------------------------------------------
-    def load_all(self) -> None:
-        """Load every model folder; failures are recorded, never raised."""
+    def load_all(self, *, lazy: bool = False) -> None:
+        """Load every model folder; failures are recorded, never raised. `lazy`
+        (a job worker): only list the folders; each loads on its first lookup
+        (or `ensure_loaded`), so a worker holds only the models its jobs use."""
         try:
             if not self.repository.is_dir():
                 log.error("model repository %s does not exist", self.repository)
@@ -52,10 +56,29 @@ class ModelRegistry:
             for folder in self.model_folders():
                 with self._lock:
                     self._models.setdefault(folder.name, ModelEntry(folder.name, folder))
-            for folder in self.model_folders():
-                self.load_model(folder.name)
+                    if lazy:
+                        self._deferred[folder.name] = threading.Lock()
+            if not lazy:
+                for folder in self.model_folders():
+                    self.load_model(folder.name)
         finally:
             self.loaded.set()
+
+    def ensure_loaded(self, name: str) -> bool:
+        """Load a deferred folder now (blocking; once, however many callers ask);
+        whether this call loaded it."""
+        with self._lock:
+            gate = self._deferred.get(name)
+        if gate is None:
+            return False
+        with gate:
+            with self._lock:
+                if name not in self._deferred:
+                    return False  # another caller loaded it meanwhile
+            self.load_model(name)
+            with self._lock:
+                self._deferred.pop(name, None)
+        return True
 
     def model_folders(self) -> list[Path]:
         """Folders that hold models (pipelines, hidden and `_` folders excluded)."""
@@ -73,6 +96,7 @@ class ModelRegistry:
         with self._lock:
             self._replaced.append(self._models.get(name))
             self._models[name] = entry
+            self._deferred.pop(name, None)
         return entry
 
     async def reload(self, name: str) -> ModelEntry:
@@ -139,6 +163,8 @@ class ModelRegistry:
         )
 
     def _entry(self, model: str) -> ModelEntry:
+        if self._deferred and model in self._deferred:
+            self.ensure_loaded(model)  # callers that can should have loaded it off the loop
         with self._lock:
             found = self._models.get(model)
         if found is None:
