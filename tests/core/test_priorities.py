@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelplex.core import queueing
 from modelplex.core.batching import Batcher
 from modelplex.core.queueing import Priority
 from modelplex.core.stats import ModelStats
@@ -96,7 +97,11 @@ def test_a_worker_lets_jobs_fill_the_whole_queue() -> None:
     executor.shutdown()
 
 
-def test_cheap_library_models_run_on_the_event_loop_after_one_measured_call() -> None:
+def test_cheap_library_models_run_on_the_event_loop_after_one_measured_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What counts as cheap is raised so that a busy test machine cannot decide it.
+    monkeypatch.setattr(queueing, "INLINE_MAX_S", 60.0)
     model = Values()
     batcher, executor = make(model, inline=True)
 
@@ -124,7 +129,8 @@ def test_models_that_may_block_never_run_on_the_event_loop() -> None:
     assert threading.get_ident() not in model.threads
 
 
-def test_a_failing_inline_batch_fails_its_members() -> None:
+def test_a_failing_inline_batch_fails_its_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queueing, "INLINE_MAX_S", 60.0)
     calls = 0
 
     def flaky(inputs: dict[str, Any]) -> dict[str, Any]:
