@@ -101,6 +101,7 @@ class Modelplex:
 
     async def start(self) -> None:
         settings = self.settings
+        await asyncio.to_thread(self.registry.discover)
         if self.replica:
             await asyncio.to_thread(self.pipelines.load_all)
             self._loading = asyncio.create_task(self._load_models(), name="load-models")

@@ -163,14 +163,17 @@ class VersionLoader:
             if batching.max_batch_delay_ms is not None
             else settings.default_max_batch_delay_ms
         )
+        queue = batching.max_queue_size or settings.default_max_queue_size
+        # The default batch size never raises a queue bound the model set lower.
+        batch = batching.max_batch_size or min(settings.default_max_batch_size, queue)
         return Batcher(
             name,
             runtime.predict,
             executor,
             output_names=[o.name for o in config.outputs],
-            max_batch_size=batching.max_batch_size or settings.default_max_batch_size,
+            max_batch_size=batch,
             max_batch_delay_s=delay_ms / 1000,
-            max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
+            max_queue_rows=queue,
             stats=stats,
             instances=batching.instances,
             # Library code never blocks; a user's Python model may (on purpose, or on IO).

@@ -53,16 +53,25 @@ class ModelRegistry:
             if not self.repository.is_dir():
                 log.error("model repository %s does not exist", self.repository)
                 return
-            for folder in self.model_folders():
-                with self._lock:
-                    self._models.setdefault(folder.name, ModelEntry(folder.name, folder))
-                    if lazy:
-                        self._deferred[folder.name] = threading.Lock()
+            self.discover(lazy=lazy)
             if not lazy:
                 for folder in self.model_folders():
                     self.load_model(folder.name)
         finally:
             self.loaded.set()
+
+    def discover(self, *, lazy: bool = False) -> None:
+        """List the model folders as LOADING entries (quick, no model is read), so a
+        request that arrives before its model has loaded hears MODEL_NOT_READY,
+        not MODEL_NOT_FOUND."""
+        if not self.repository.is_dir():
+            return
+        for folder in self.model_folders():
+            with self._lock:
+                if folder.name not in self._models:
+                    self._models[folder.name] = ModelEntry(folder.name, folder)
+                    if lazy:
+                        self._deferred[folder.name] = threading.Lock()
 
     def ensure_loaded(self, name: str) -> bool:
         """Load a deferred folder now (blocking; once, however many callers ask);
