@@ -12,13 +12,19 @@ experiments, metrics) are built here and handed to both adapters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 from modelplex.core.dataplane import DataPlane
+from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry
+from modelplex.errors import ModelplexError
 from modelplex.executors import Executors
 from modelplex.jobs.batches import BatchService
+from modelplex.jobs.control import JobControl, Outcome
 from modelplex.jobs.pipelines import PipelineRegistry
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.service import JobService
@@ -28,7 +34,7 @@ from modelplex.jobs.webhooks import Resolver, load_or_create_secret, parse_secre
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc
-from modelplex.records import Clock
+from modelplex.records import Clock, Job
 from modelplex.retry import Backoff, RetryPolicy
 from modelplex.settings import Settings
 from modelplex.storage.blobs import LocalBlobStore
@@ -76,10 +82,14 @@ class Modelplex:
         *,
         store: Store | None = None,
         clock: Clock | None = None,
+        replica: bool = False,
     ) -> None:
         """`clock`: stands in for the job database's clock (tests); None reads the
-        database's own."""
+        database's own. `replica`: one more serving process beside a first one that
+        owns the job side; it serves requests (jobs included: they go to the shared
+        store) but runs no migration, dispatcher, retention or workers of its own."""
         self.settings = settings
+        self.replica = replica
         self.repository = repository
         self.executors = Executors.build(settings)
         """Thread pools by purpose; routes reach them as `modelplex.executors`."""
@@ -102,6 +112,11 @@ class Modelplex:
 
     async def start(self) -> None:
         settings = self.settings
+        await asyncio.to_thread(self.registry.discover)
+        if self.replica:
+            await asyncio.to_thread(self.pipelines.load_all)
+            self._loading = asyncio.create_task(self._load_models(), name="load-models")
+            return
         if isinstance(self.store, SqlStore):
             # The job database must be reachable: fail start-up now, not every job later.
             await self.store.migrate()
@@ -146,25 +161,52 @@ class Modelplex:
         return await self._background.purge_once()
 
 
+class _LoadingRunner(JobRunner):
+    """A worker's runner: loads the models a job names (its target, or its
+    pipeline's model steps) on a thread before running it, the first time only."""
+
+    def __init__(
+        self, registry: ModelRegistry, dataplane: DataPlane, pipelines: PipelineRegistry,
+        blobs: LocalBlobStore, gen0_threshold: int, **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(dataplane, pipelines, blobs, **options)
+        self._registry = registry
+        self._gen0_threshold = gen0_threshold
+
+    async def run(self, job: Job, control: JobControl) -> Outcome:
+        names = [job.target]
+        with contextlib.suppress(ModelplexError):  # not a pipeline: a model (or nothing)
+            config = self.pipelines.get(job.target).config
+            names = [s.model for s in config.steps if s.model] if config else []
+        loaded = False
+        for name in names:
+            loaded |= await asyncio.to_thread(self._registry.ensure_loaded, name)
+        if loaded:
+            tune_gc(self._gen0_threshold)  # the new model out of the collector's sight
+        return await super().run(job, control)
+
+
 class ModelplexWorker:
     """A `modelplex worker` process's parts: its own registry and data plane, the
-    pipelines, and a worker over the job store."""
+    pipelines, and a worker over the job store. Models load on first use."""
 
     def __init__(self, settings: Settings, repository: Path, *, store: Store | None = None) -> None:
         self.settings = settings
         self.executors = Executors.build(settings, steps=True)
-        self.registry = ModelRegistry(repository, settings, self.executors.loads)
-        self.dataplane = DataPlane(self.registry, settings)
+        self.registry = ModelRegistry(repository, settings, self.executors.loads, serves_sync=False)
+        self.dataplane = DataPlane(self.registry, settings, Priority.JOB)
         self.pipelines = PipelineRegistry(repository)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs", self.executors.blobs)
         self._own_store = store is None
         self.store: Store = store or SqlStore.connect(
             database_url(settings), command_timeout_s=settings.database_command_timeout_s
         )
-        runner = JobRunner(
+        runner = _LoadingRunner(
+            self.registry,
             self.dataplane,
             self.pipelines,
             self.blobs,
+            settings.gc_gen0_threshold,
             step_threads=self.executors.steps,
             stop_grace_s=settings.step_stop_grace_s,
         )
@@ -175,7 +217,7 @@ class ModelplexWorker:
         try:
             if isinstance(self.store, SqlStore):
                 await self.store.migrate()
-            await self.executors.loads.run(self.registry.load_all)
+            await self.executors.loads.run(functools.partial(self.registry.load_all, lazy=True))
             await self.executors.loads.run(self.pipelines.load_all)
             tune_gc(self.settings.gc_gen0_threshold)
             # `modelplex serve` wakes its own workers through their stdin.

@@ -6,6 +6,11 @@ connections (tests, benchmarks, embedding), with the bound ports (pass
 `port=0`). Either way one `Modelplex` (the composition root) is started first,
 then its two peer adapters: the gRPC server and the HTTP server. They stop in
 the reverse order. `run_worker(settings, repository)` is `modelplex worker`.
+
+With `http_processes` above 1 the first process also starts replicas
+(`modelplex.replicas`): more serving processes on the same ports
+(`SO_REUSEPORT`: the kernel spreads connections over them), each with its own
+`Modelplex`; they stop, by PID, after the first one's HTTP server has drained.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from modelplex.api.app import create_app
 from modelplex.app import Modelplex, ModelplexWorker
 from modelplex.errors import ModelLoadError
 from modelplex.examples import ensure_example_repository
+from modelplex.process import configure_logging
+from modelplex.replicas import Replicas, read_replica_arguments, replica_settings, watch_parent
 from modelplex.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,10 +60,13 @@ def resolve_repository(settings: Settings) -> Path:
     return ensure_example_repository(settings.cache_dir)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
+    """A listening socket; `shared`: other processes of this server bind the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
         sock.listen(2048)
@@ -70,10 +80,15 @@ def _bind(host: str, port: int) -> socket.socket:
 class _Process:
     """One serving process: the composition root and its two adapters."""
 
-    def __init__(self, settings: Settings, repository: Path, sock: socket.socket) -> None:
+    def __init__(
+        self, settings: Settings, repository: Path, sock: socket.socket, *, replica: bool = False
+    ) -> None:
         self.settings = settings
-        self.modelplex = Modelplex(settings, repository)
+        self.repository = repository
+        self.replica = replica
+        self.modelplex = Modelplex(settings, repository, replica=replica)
         self.sock = sock
+        self.replicas: Replicas | None = None
         self.http = uvicorn.Server(
             uvicorn.Config(
                 create_app(self.modelplex),
@@ -101,8 +116,18 @@ class _Process:
                 )  # fmt: skip
                 await grpc_server.start()
                 self.grpc_port = grpc_server.port
+            count = settings.effective_http_processes
+            if count > 1 and not self.replica:
+                self.replicas = Replicas(
+                    replica_settings(settings, self.sock.getsockname()[1], self.grpc_port),
+                    self.repository,
+                    count - 1,
+                )
+                await self.replicas.start()
             await self.http.serve(sockets=[self.sock])
         finally:
+            if self.replicas is not None:
+                await self.replicas.stop()
             if grpc_server is not None:
                 await grpc_server.stop()
             await self.modelplex.stop()
@@ -114,7 +139,7 @@ class _Process:
 def serve(settings: Settings) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
     repository = resolve_repository(settings)
-    sock = _bind(settings.host, settings.port)
+    sock = _bind(settings.host, settings.port, shared=settings.effective_http_processes > 1)
     host, port = sock.getsockname()[:2]
     log.info("modelplex serving %s on http://%s:%d", repository, host, port)
     process = _Process(settings, repository, sock)
@@ -133,6 +158,30 @@ def serve(settings: Settings) -> None:
         sock.close()
 
 
+def run_replica() -> None:
+    """A replica process (started by `Replicas`): serve on the shared ports until
+    SIGTERM or until the first process is gone."""
+    settings, repository, parent_pid = read_replica_arguments()
+    configure_logging(settings.log_level)
+    sock = _bind(settings.host, settings.port, shared=True)
+    process = _Process(settings, repository, sock, replica=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, process.request_stop)
+        watcher = asyncio.create_task(watch_parent(parent_pid, process.request_stop))
+        try:
+            await process.run()
+        finally:
+            watcher.cancel()
+
+    try:
+        _run_in_loop(main())
+    finally:
+        sock.close()
+
+
 @dataclass
 class RunningServer:
     """A server on a background thread; a context manager that stops it."""
@@ -143,6 +192,12 @@ class RunningServer:
     modelplex: Modelplex
     _process: _Process
     _thread: threading.Thread
+
+    @property
+    def replica_pids(self) -> list[int]:
+        """PIDs of the other serving processes (`http_processes` above 1)."""
+        replicas = self._process.replicas
+        return replicas.pids() if replicas is not None else []
 
     def stop(self) -> None:
         self._process.request_stop()
@@ -163,7 +218,7 @@ class RunningServer:
 def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     """Start a server on a background thread and wait until it accepts connections."""
     repository = repository or resolve_repository(settings)
-    sock = _bind(settings.host, settings.port)
+    sock = _bind(settings.host, settings.port, shared=settings.effective_http_processes > 1)
     port = sock.getsockname()[1]
     try:
         process = _Process(settings, repository, sock)

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port; 0 picks a free one."""
 
+    http_processes: int = Field(default=1, ge=0, le=64)
+    """Serving processes sharing the HTTP (and gRPC) port, each with its own copy
+    of the models; 0: one per core. The first also runs the job side (webhooks,
+    retention, embedded workers). Each one adds the models' memory again."""
+
     grpc_enabled: bool = True
     """Serve the Open Inference Protocol over gRPC too (with health and reflection)."""
 
@@ -110,8 +115,10 @@ class Settings(BaseSettings):
     max_request_timeout_ms: int = Field(default=300_000, gt=0)
     """Upper bound a client may ask for with `X-Request-Timeout-Ms`."""
 
-    default_max_batch_size: int = Field(default=1, gt=0)
-    """Batch size for models whose model.toml has no [batching] section."""
+    default_max_batch_size: int = Field(default=64, gt=0)
+    """Largest batch for models whose model.toml sets none. With no batching delay
+    (the default) batches are adaptive: a model call takes whatever is queued, up
+    to this, so a lone request runs at once and batches grow only under load."""
 
     default_max_batch_delay_ms: float = Field(default=0.0, ge=0)
     """Batching window for models whose model.toml sets none."""
@@ -263,6 +270,10 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"settings file not found: {path}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def effective_http_processes(self) -> int:
+        return self.http_processes or (os.cpu_count() or 1)
 
     @property
     def effective_inference_threads(self) -> int:

@@ -98,7 +98,8 @@ def build_zoo(repo: Path, example_repo: Path) -> None:
     )
     write_python_model(repo, "slow", delay_ms=1500, timeout_ms=300)
     write_python_model(repo, "held", delay_ms=600)
-    write_python_model(repo, "queued", delay_ms=600)
+    # One call at a time: a request that arrives while one runs must wait, never join it.
+    write_python_model(repo, "queued", delay_ms=600, batching="[batching]\nmax_batch_size = 1\n")
     write_python_model(repo, "tiny-queue", delay_ms=300, batching=ONE_AT_A_TIME, timeout_ms=10000)
     write_python_model(repo, "crashes", fail=True)
     write_python_model(repo, "versioned", versions=("1", "2", "10"))

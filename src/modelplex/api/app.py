@@ -59,5 +59,6 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         max_body_bytes=settings.max_request_bytes,
         upload_limits=dict.fromkeys(UPLOAD_PREFIXES, settings.max_upload_bytes),
         max_json_bytes=settings.max_json_bytes,
+        shortcut=routes_v1.predict_shortcut,
     )
     return app

@@ -6,11 +6,15 @@ and never build error responses themselves (see `modelplex.api.problems`).
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplex import errors
 from modelplex.api import payloads
@@ -18,7 +22,7 @@ from modelplex.api.bodies import ClassifyForm, ClassifyRequest, PredictForm
 from modelplex.api.deps import modelplex_of
 from modelplex.api.disconnect import until_disconnected
 from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
-from modelplex.api.problems import request_id_of
+from modelplex.api.problems import error_response, request_id_of, to_domain_error
 from modelplex.api.schemas import ClassifyResponse, Health, ModelDetail, ModelList, PredictResponse
 from modelplex.api.views import model_detail, model_summary
 from modelplex.core.dataplane import DataPlane
@@ -33,6 +37,8 @@ from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import check
 from modelplex.errors import InvalidInput
 from modelplex.settings import Settings
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 TIMEOUT_HEADER = "x-request-timeout-ms"
@@ -192,6 +198,37 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         result = await until_disconnected(request, lambda stop: dataplane.execute(checked, stop))
     predictions = predictions_json(result, options.top_k)
     return _prediction_response(request, result, predictions, detail, arrived)
+
+
+_PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
+
+
+def predict_shortcut(scope: Scope) -> ASGIApp | None:
+    """`POST /v1/models/{model}/predict` as an app that skips FastAPI's router and
+    its middleware layers (see `RequestContextMiddleware`); None for anything else."""
+    path: str = scope["path"]
+    if (
+        scope["method"] != "POST"
+        or not path.startswith(_PREDICT_PREFIX)
+        or not path.endswith(_PREDICT_SUFFIX)
+    ):
+        return None
+    model = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
+    if not model or "/" in model:
+        return None
+    return functools.partial(_predict_app, model)
+
+
+async def _predict_app(model: str, scope: Scope, receive: Receive, send: Send) -> None:
+    try:
+        response = await _predict(Request(scope, receive), model, None)
+    except (errors.ModelplexError, HTTPException) as exc:  # what the app's handlers render
+        domain = to_domain_error(exc)
+        if isinstance(domain, errors.InternalError):
+            log.error("request %s failed", request_id_of(scope), exc_info=exc)
+        response = error_response(domain, request_id_of(scope), path=scope["path"])
+    # Anything else reaches the middleware, which logs it and answers INTERNAL.
+    await response(scope, receive, send)
 
 
 def _dataplane(request: Request) -> DataPlane:

@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests for one model version share model calls.
 
-One `Batcher` per served model version owns a bounded queue of pending rows and
-one task that forms batches and runs them on the version's own inference
-threads (the event loop never runs a model), at most `instances` batches at a
-time. While the instances are busy, new requests queue up and form the next
-batch, so batches grow with load on their own; `max_batch_delay_s` additionally
-lets an idle instance wait briefly for a fuller batch.
+One `Batcher` per served model version owns a bounded queue of pending rows (at
+priority levels: `queueing`) and one task that forms batches and runs them on
+the version's own inference threads, at most `instances` batches at a time (a
+library runtime whose batches measure under half a millisecond runs on the
+event loop instead: `queueing.BatchCost`). While the instances are busy, new
+requests queue up and form the next batch, so batches grow with load on their
+own; `max_batch_delay_s` additionally lets an idle instance wait briefly for a
+fuller batch.
 
 All times are `time.monotonic()` (uvloop's `loop.time()` has millisecond
 resolution, too coarse for timing a batch).
@@ -26,15 +28,21 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from modelplex.core.admission import Admission
 from modelplex.core.catalog import BatchingInfo
+from modelplex.core.queueing import (
+    LOW_PRIORITY_SHARE,
+    BatchCost,
+    BatchOutcome,
+    Pending,
+    PendingQueue,
+    Priority,
+)
 from modelplex.core.stats import ModelStats
 from modelplex.core.tensors import Array
 from modelplex.errors import (
@@ -50,25 +58,6 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[dict[str, Array]], dict[str, Array]]
 
 
-@dataclass(slots=True)
-class BatchOutcome:
-    outputs: dict[str, Array]
-    queue_wait_s: float
-    inference_s: float
-    batch_size: int
-
-
-@dataclass(slots=True, eq=False)
-class _Pending:
-    inputs: dict[str, Array]
-    rows: int
-    future: asyncio.Future[BatchOutcome]
-    deadline: float | None
-    enqueued: float = field(default=0.0)
-    counted: bool = True
-    """Whether `rows` still count against the queue bound."""
-
-
 class Batcher:
     def __init__(
         self,
@@ -82,6 +71,8 @@ class Batcher:
         max_queue_rows: int,
         stats: ModelStats,
         instances: int = 1,
+        inline: bool = False,
+        low_priority_share: float = LOW_PRIORITY_SHARE,
     ) -> None:
         self.name = name
         self._predict = predict
@@ -91,7 +82,7 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_queue_rows = max(max_queue_rows, max_batch_size)
         self._stats = stats
-        self._queue: deque[_Pending] = deque()
+        self._queue = PendingQueue()
         self._queued_rows = 0
         self._reserved = 0
         self._wakeup = asyncio.Event()
@@ -106,6 +97,13 @@ class Batcher:
         self._progress = asyncio.Event()
         """Set whenever rows leave the queue, a batch ends or a reservation goes:
         what `drain` waits on."""
+        self._inline = inline
+        """Whether the runtime may run on the event loop when its batches are cheap
+        (library code that never blocks; never a user's Python model)."""
+        self._cost = BatchCost()
+        self._low_limit = max(1, int(self.max_queue_rows * low_priority_share))
+        """Rows that jobs and batch chunks may fill; the rest is left to synchronous
+        requests (a worker process, which serves none, lets them fill it all)."""
 
     @property
     def queued_rows(self) -> int:
@@ -124,16 +122,18 @@ class Batcher:
             instances=self.instances,
         )
 
-    def admit(self, rows: int) -> Admission:
-        """Reserve queue space for `rows`, or refuse at once with ResourceExhausted."""
+    def admit(self, rows: int, priority: Priority = Priority.SYNC) -> Admission:
+        """Reserve queue space for `rows`, or refuse at once with ResourceExhausted.
+        Jobs and batch chunks may fill only part of the queue: the rest stays free
+        for synchronous requests."""
         if self._closed:
             raise ModelNotReady(f"model '{self.name}' is unloading")
         waiting = self._queued_rows + self._reserved
-        if waiting + rows > self.max_queue_rows:
+        limit = self.max_queue_rows if priority is Priority.SYNC else self._low_limit
+        if waiting + rows > limit and waiting:
             self._stats.rejected_overload += 1
             raise ResourceExhausted(
-                f"model '{self.name}' has {waiting} rows waiting (limit "
-                f"{self.max_queue_rows}); retry later"
+                f"model '{self.name}' has {waiting} rows waiting (limit {limit}); retry later"
             )
         self._reserved += rows
         return Admission(rows, self._unreserve)
@@ -148,6 +148,7 @@ class Batcher:
         rows: int,
         deadline: float | None,
         admission: Admission | None = None,
+        priority: Priority = Priority.SYNC,
     ) -> BatchOutcome:
         """Queue `rows` instances and wait for their outputs.
 
@@ -155,7 +156,7 @@ class Batcher:
         consecutive batches and are joined again here.
         """
         if admission is None:
-            admission = self.admit(rows)
+            admission = self.admit(rows, priority)
         # A request admitted before a drain began is one the drain waits for.
         admission.release()  # the rows now count as queued instead
         if self._stopped:
@@ -163,11 +164,11 @@ class Batcher:
         self._ensure_task()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        chunks: list[_Pending] = []
+        chunks: list[Pending] = []
         for start in range(0, rows, self.max_batch_size):
             stop = min(start + self.max_batch_size, rows)
             part = inputs if stop - start == rows else {k: v[start:stop] for k, v in inputs.items()}
-            pending = _Pending(part, stop - start, loop.create_future(), deadline, now)
+            pending = Pending(part, stop - start, loop.create_future(), deadline, now, priority)
             pending.future.add_done_callback(functools.partial(self._abandoned, pending))
             chunks.append(pending)
         self._queue.extend(chunks)
@@ -191,7 +192,7 @@ class Batcher:
             batch_size=max(o.batch_size for o in outcomes),
         )
 
-    def _abandoned(self, item: _Pending, _future: asyncio.Future[BatchOutcome]) -> None:
+    def _abandoned(self, item: Pending, _future: asyncio.Future[BatchOutcome]) -> None:
         """A caller gave up (deadline, disconnect): its rows stop counting at once."""
         if item.future.cancelled() and item.counted:
             item.counted = False
@@ -226,8 +227,7 @@ class Batcher:
         self._fail_queued(ModelNotReady(f"model '{self.name}' was unloaded"))
 
     def _fail_queued(self, error: ModelplexError) -> None:
-        while self._queue:
-            item = self._queue.popleft()
+        for item in self._queue.drain():
             if not item.future.done():
                 item.future.set_exception(type(error)(error.message))
         self._queued_rows = 0
@@ -245,7 +245,10 @@ class Batcher:
                 try:
                     await self._wait_for_fuller_batch()
                     batch = self._take(time.monotonic())
-                    if batch:
+                    if batch and self._runs_inline(sum(item.rows for item in batch)):
+                        self._execute_inline(batch)
+                        batch = []
+                    elif batch:
                         task = loop.create_task(
                             self._execute(batch, loop), name=f"batch:{self.name}"
                         )
@@ -273,7 +276,7 @@ class Batcher:
     async def _wait_for_fuller_batch(self) -> None:
         if self.max_batch_delay_s <= 0:
             return
-        window_end = self._queue[0].enqueued + self.max_batch_delay_s
+        window_end = self._queue.oldest_enqueued() + self.max_batch_delay_s
         # Waiting for company may use at most half the time a queued request has left.
         deadlines = [i.deadline for i in self._queue if i.deadline is not None]
         if deadlines:
@@ -290,44 +293,22 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take(self, now: float) -> list[_Pending]:
-        """Pop up to `max_batch_size` live rows, dropping abandoned and expired ones.
+    def _take(self, now: float) -> list[Pending]:
+        """Pop up to `max_batch_size` live rows, dropping abandoned and expired ones."""
+        return self._queue.take(self.max_batch_size, now, self._pop, self._expired)
 
-        Only rows with the same per-instance shapes can share a batch (inputs
-        with -1 dimensions vary), so the batch ends, in arrival order, at the
-        first request that does not fit.
-        """
-        batch: list[_Pending] = []
-        rows = 0
-        shapes: list[tuple[int, ...]] | None = None
-        while self._queue:
-            item = self._queue[0]
-            if item.future.done():  # the caller gave up (deadline or disconnect)
-                self._pop()
-                self._stats.dropped_expired += 1
-                continue
-            if item.deadline is not None and item.deadline <= now:
-                self._pop()
-                self._stats.dropped_expired += 1
-                item.future.set_exception(
-                    InferenceTimeout(f"deadline passed while queued for model '{self.name}'")
-                )
-                continue
-            item_shapes = [v.shape[1:] for v in item.inputs.values()]
-            if batch and (rows + item.rows > self.max_batch_size or item_shapes != shapes):
-                break
-            shapes = item_shapes
-            self._pop()
-            batch.append(item)
-            rows += item.rows
-        return batch
-
-    def _pop(self) -> None:
-        item = self._queue.popleft()
+    def _pop(self, item: Pending) -> None:
         if item.counted:
             item.counted = False
             self._queued_rows -= item.rows
         self._progress.set()
+
+    def _expired(self, item: Pending) -> None:
+        self._stats.dropped_expired += 1
+        if not item.future.done():
+            item.future.set_exception(
+                InferenceTimeout(f"deadline passed while queued for model '{self.name}'")
+            )
 
     def _merge_and_predict(self, parts: list[dict[str, Array]]) -> dict[str, Array]:
         """Runs on an inference thread: copying a batch of images is not for the event loop."""
@@ -336,7 +317,25 @@ class Batcher:
         merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         return self._predict(merged)
 
-    async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+    def _runs_inline(self, rows: int) -> bool:
+        return self._inline and self._cost.cheap(rows)
+
+    def _record(self, rows: int, elapsed: float) -> None:
+        self._stats.record_batch(rows, elapsed)
+        self._cost.record(rows, elapsed)
+
+    def _execute_inline(self, batch: list[Pending]) -> None:
+        rows = sum(item.rows for item in batch)
+        start = time.monotonic()
+        try:
+            outputs = self._merge_and_predict([item.inputs for item in batch])
+            self._check_outputs(outputs, rows)
+        except Exception as exc:
+            self._failed(batch, rows, start, exc)
+            return
+        self._deliver(batch, rows, start, outputs)
+
+    async def _execute(self, batch: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
         rows = sum(item.rows for item in batch)
         parts = [item.inputs for item in batch]
         start = time.monotonic()
@@ -349,16 +348,23 @@ class Batcher:
                     item.future.set_exception(ModelNotReady(f"model '{self.name}' was unloaded"))
             raise
         except Exception as exc:
-            elapsed = time.monotonic() - start
-            self._stats.record_batch(rows, elapsed)
-            if not isinstance(exc, ModelplexError):
-                log.error("model %s failed on a batch of %d rows", self.name, rows, exc_info=exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(self._member_error(exc, rows))
+            self._failed(batch, rows, start, exc)
             return
+        self._deliver(batch, rows, start, outputs)
+
+    def _failed(self, batch: list[Pending], rows: int, start: float, exc: Exception) -> None:
+        self._record(rows, time.monotonic() - start)
+        if not isinstance(exc, ModelplexError):
+            log.error("model %s failed on a batch of %d rows", self.name, rows, exc_info=exc)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(self._member_error(exc, rows))
+
+    def _deliver(
+        self, batch: list[Pending], rows: int, start: float, outputs: dict[str, Array]
+    ) -> None:
         elapsed = time.monotonic() - start
-        self._stats.record_batch(rows, elapsed)
+        self._record(rows, elapsed)
         offset = 0
         for item in batch:
             part = (

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from modelplex.core.deadlines import Stop
+from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry, ServedVersion
 from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import CheckedRequest, check
@@ -23,9 +24,13 @@ from modelplex.settings import Settings
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(
+        self, registry: ModelRegistry, settings: Settings, priority: Priority = Priority.SYNC
+    ) -> None:
         self.registry = registry
         self._settings = settings
+        self.priority = priority
+        """The batcher priority of requests that name none (a job worker's: JOB)."""
         self._preprocess_pool = ThreadPoolExecutor(
             settings.effective_preprocess_threads, thread_name_prefix="preprocess"
         )
@@ -44,17 +49,23 @@ class DataPlane:
         """The request checked against the version that would serve it."""
         return check(self.registry.get(request.model, request.version), request)
 
-    async def infer(self, request: InferenceRequest, stop: Stop | None = None) -> InferenceResult:
-        return await self.execute(self.check(request), stop)
+    async def infer(
+        self, request: InferenceRequest, stop: Stop | None = None, priority: Priority | None = None
+    ) -> InferenceResult:
+        return await self.execute(self.check(request), stop, priority)
 
-    async def execute(self, checked: CheckedRequest, stop: Stop | None = None) -> InferenceResult:
+    async def execute(
+        self, checked: CheckedRequest, stop: Stop | None = None, priority: Priority | None = None
+    ) -> InferenceResult:
         """Run a checked request: deadline, admission, pre-processing, batch, results.
 
         `stop` is how an adapter says its caller went away (`Stop.cancel`); work
         that runs off the event loop checks it, and the request's deadline, between
         images, so neither a timed-out nor an abandoned request keeps a
-        pre-processing thread busy after the answer no longer matters."""
+        pre-processing thread busy after the answer no longer matters. `priority`:
+        the queue class (sync requests ahead of jobs ahead of batch chunks)."""
         served, request, rows = checked.served, checked.request, checked.rows
+        priority = self.priority if priority is None else priority
         deadline = self.deadline_for(served, request)
         if stop is None:
             stop = Stop(deadline)
@@ -65,7 +76,7 @@ class DataPlane:
         loop_deadline = asyncio.get_running_loop().time() + (deadline - started)
         try:
             async with asyncio.timeout_at(loop_deadline):
-                result = await self._run(served, request, rows, stop)
+                result = await self._run(served, request, rows, stop, priority)
         except TimeoutError:
             served.stats.fail.add(time.monotonic() - started)
             raise InferenceTimeout(
@@ -79,12 +90,18 @@ class DataPlane:
         return result
 
     async def _run(
-        self, served: ServedVersion, request: InferenceRequest, rows: int, stop: Stop
+        self,
+        served: ServedVersion,
+        request: InferenceRequest,
+        rows: int,
+        stop: Stop,
+        priority: Priority,
     ) -> InferenceResult:
         timings = request.timings
         inputs = request.inputs
         stop.check()  # a caller gone while its body was read takes no place in the queue
-        admission = served.batcher.admit(rows)  # shed load before pre-processing, not after
+        # Shed load before pre-processing, not after.
+        admission = served.batcher.admit(rows, priority)
         try:
             if served.preprocessor is not None:
                 # Cancelling this await drops the work if no thread has taken it yet;
@@ -98,7 +115,7 @@ class DataPlane:
                 served.stats.compute_input.add(outcome.decode_s + outcome.transform_s)
                 stop.check()  # the images took long: is anyone still waiting?
             input_shapes = {name: list(tensor.shape) for name, tensor in inputs.items()}
-            batch = await served.batcher.submit(inputs, rows, stop.deadline, admission)
+            batch = await served.batcher.submit(inputs, rows, stop.deadline, admission, priority)
         finally:
             admission.release()
         timings.queue_wait_s = batch.queue_wait_s

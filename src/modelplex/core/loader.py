@@ -15,8 +15,9 @@ from pathlib import Path
 from modelplex.core.batching import Batcher
 from modelplex.core.catalog import ModelState, version_sort_key
 from modelplex.core.classification import Classifier, read_labels
-from modelplex.core.model_config import ModelConfig, load_model_config
+from modelplex.core.model_config import ModelConfig, RuntimeKind, load_model_config
 from modelplex.core.preprocessing import ImagePreprocessor
+from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.runtimes import Runtime, RuntimeSpec, load_runtime
 from modelplex.core.runtimes.base import describe_failure
 from modelplex.core.served import ModelEntry, ServedVersion, VersionFailure
@@ -46,8 +47,9 @@ def _runtime_inputs(
 class VersionLoader:
     """Builds model entries with the server's defaults filling the gaps in model.toml."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sync_share: float = LOW_PRIORITY_SHARE) -> None:
         self._settings = settings
+        self._sync_share = sync_share
 
     def build_entry(self, name: str, folder: Path) -> ModelEntry:
         started = time.perf_counter()
@@ -139,7 +141,9 @@ class VersionLoader:
             inputs=inputs,
             outputs=outputs,
             runtime=runtime,
-            batcher=self._batcher(f"{entry.name}:{version}", config, runtime, executor, stats),
+            batcher=self._batcher(
+                f"{entry.name}:{version}", config, runtime, executor, stats, kind
+            ),
             executor=executor,
             stats=stats,
             preprocessor=preprocessor,
@@ -154,6 +158,7 @@ class VersionLoader:
         runtime: Runtime,
         executor: ThreadPoolExecutor,
         stats: ModelStats,
+        kind: RuntimeKind,
     ) -> Batcher:
         """The model's batching settings, with the server's defaults filling the gaps."""
         batching, settings = config.batching, self._settings
@@ -162,14 +167,20 @@ class VersionLoader:
             if batching.max_batch_delay_ms is not None
             else settings.default_max_batch_delay_ms
         )
+        queue = batching.max_queue_size or settings.default_max_queue_size
+        # The default batch size never raises a queue bound the model set lower.
+        batch = batching.max_batch_size or min(settings.default_max_batch_size, queue)
         return Batcher(
             name,
             runtime.predict,
             executor,
             output_names=[o.name for o in config.outputs],
-            max_batch_size=batching.max_batch_size or settings.default_max_batch_size,
+            max_batch_size=batch,
             max_batch_delay_s=delay_ms / 1000,
-            max_queue_rows=batching.max_queue_size or settings.default_max_queue_size,
+            max_queue_rows=queue,
             stats=stats,
             instances=batching.instances,
+            # Library code never blocks; a user's Python model may (on purpose, or on IO).
+            inline=kind is not RuntimeKind.PYTHON,
+            low_priority_share=self._sync_share,
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modelplex.core.catalog import ModelInfo, ModelState, Readiness, version_sort_key
 from modelplex.core.loader import NAME, VersionLoader
+from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.served import ModelEntry, ServedVersion
 from modelplex.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from modelplex.executors import Pool
@@ -29,32 +30,75 @@ PIPELINE_FILE = "pipeline.toml"
 
 
 class ModelRegistry:
-    def __init__(self, repository: Path, settings: Settings, loads: Pool | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        settings: Settings,
+        loads: Pool | None = None,
+        *,
+        serves_sync: bool = True,
+    ) -> None:
         """`loads`: the bounded pool reloads run on (`Executors.loads`): one full is
-        RESOURCE_EXHAUSTED at once, so load calls cannot pile up threads."""
+        RESOURCE_EXHAUSTED at once, so load calls cannot pile up threads.
+        `serves_sync`: whether synchronous requests reach these models (a job
+        worker's registry serves none, so jobs may fill the models' whole queues)."""
         self.repository = repository
         self._loads = loads
-        self._loader = VersionLoader(settings)
+        self._loader = VersionLoader(
+            settings, sync_share=LOW_PRIORITY_SHARE if serves_sync else 1.0
+        )
         self._models: dict[str, ModelEntry] = {}
         self._replaced: list[ModelEntry | None] = []
         self._lock = threading.Lock()
+        self._deferred: dict[str, threading.Lock] = {}
+        """Lazy mode: folders not loaded yet, each with the lock its first load takes."""
         self.loaded = threading.Event()
         """Set once the initial load of the whole repository has finished."""
 
     # -- loading ---------------------------------------------------------
-    def load_all(self) -> None:
-        """Load every model folder; failures are recorded, never raised."""
+    def load_all(self, *, lazy: bool = False) -> None:
+        """Load every model folder; failures are recorded, never raised. `lazy`
+        (a job worker): only list the folders; each loads on its first lookup
+        (or `ensure_loaded`), so a worker holds only the models its jobs use."""
         try:
             if not self.repository.is_dir():
                 log.error("model repository %s does not exist", self.repository)
                 return
-            for folder in self.model_folders():
-                with self._lock:
-                    self._models.setdefault(folder.name, ModelEntry(folder.name, folder))
-            for folder in self.model_folders():
-                self.load_model(folder.name)
+            self.discover(lazy=lazy)
+            if not lazy:
+                for folder in self.model_folders():
+                    self.load_model(folder.name)
         finally:
             self.loaded.set()
+
+    def discover(self, *, lazy: bool = False) -> None:
+        """List the model folders as LOADING entries (quick, no model is read), so a
+        request that arrives before its model has loaded hears MODEL_NOT_READY,
+        not MODEL_NOT_FOUND."""
+        if not self.repository.is_dir():
+            return
+        for folder in self.model_folders():
+            with self._lock:
+                if folder.name not in self._models:
+                    self._models[folder.name] = ModelEntry(folder.name, folder)
+                    if lazy:
+                        self._deferred[folder.name] = threading.Lock()
+
+    def ensure_loaded(self, name: str) -> bool:
+        """Load a deferred folder now (blocking; once, however many callers ask);
+        whether this call loaded it."""
+        with self._lock:
+            gate = self._deferred.get(name)
+        if gate is None:
+            return False
+        with gate:
+            with self._lock:
+                if name not in self._deferred:
+                    return False  # another caller loaded it meanwhile
+            self.load_model(name)
+            with self._lock:
+                self._deferred.pop(name, None)
+        return True
 
     def model_folders(self) -> list[Path]:
         """Folders that hold models (pipelines, hidden and `_` folders excluded)."""
@@ -72,6 +116,7 @@ class ModelRegistry:
         with self._lock:
             self._replaced.append(self._models.get(name))
             self._models[name] = entry
+            self._deferred.pop(name, None)
         return entry
 
     async def reload(self, name: str) -> ModelEntry:
@@ -141,6 +186,8 @@ class ModelRegistry:
         )
 
     def _entry(self, model: str) -> ModelEntry:
+        if self._deferred and model in self._deferred:
+            self.ensure_loaded(model)  # callers that can should have loaded it off the loop
         with self._lock:
             found = self._models.get(model)
         if found is None:

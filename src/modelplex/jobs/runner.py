@@ -16,6 +16,7 @@ import orjson
 
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.instances import parse_predict_json, predictions_json
+from modelplex.core.queueing import Priority
 from modelplex.core.tensors import Array
 from modelplex.core.types import InferenceRequest, InferenceResult
 from modelplex.core.validation import trusted
@@ -125,7 +126,9 @@ class JobRunner:
         checked = trusted(self.dataplane.resolve(model, version), request, signature)
         return _answer(await self.dataplane.execute(checked), request.top_k)
 
-    async def predict(self, model: str, version: str | None, body: Any) -> dict[str, Any]:
+    async def predict(
+        self, model: str, version: str | None, body: Any, priority: Priority | None = None
+    ) -> dict[str, Any]:
         """A /v1 predict body in, the /v1 predict answer's model and predictions out."""
         served = self.dataplane.resolve(model, version)
         inputs, body = parse_predict_json(body, served)
@@ -137,7 +140,7 @@ class JobRunner:
             top_k=body.top_k,
             outputs=body.outputs,
         )
-        return _answer(await self.dataplane.infer(request), body.top_k)
+        return _answer(await self.dataplane.infer(request, priority=priority), body.top_k)
 
     async def infer(
         self, model: str, inputs: dict[str, Array], version: str | None = None
@@ -178,7 +181,7 @@ class JobRunner:
             while True:
                 try:
                     async with gate:
-                        answer = await self.predict(job.target, job.version, body)
+                        answer = await self.predict(job.target, job.version, body, Priority.BATCH)
                     return {"custom_id": item["custom_id"], "output": answer["predictions"][0]}
                 except ModelplexError as exc:
                     attempts += 1
