@@ -224,7 +224,7 @@ class BatchRefusal(BaseModel):
 class BatchView(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
-    status: Literal["CREATING", "PROCESSING", "COMPLETED", "CANCELLED"]
+    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"]
     counts: BatchCounts
     refusals: list[BatchRefusal] | None = Field(
         default=None,

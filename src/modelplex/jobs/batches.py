@@ -36,7 +36,16 @@ from modelplex.errors import (
     PipelineNotReady,
 )
 from modelplex.jobs.service import JobService, check_metadata
-from modelplex.records import Batch, Job, JobError, JobKind, JobStatus, NewBatch, NewJob
+from modelplex.records import (
+    Batch,
+    BatchStatus,
+    Job,
+    JobError,
+    JobKind,
+    JobStatus,
+    NewBatch,
+    NewJob,
+)
 from modelplex.storage.interface import Store
 
 MAX_CUSTOM_ID = 256
@@ -132,7 +141,9 @@ class BatchService:
 
     async def get(self, batch_id: str) -> Batch:
         batch = await self.store.get_batch(batch_id)
-        if batch is None:
+        # A batch still CREATING has no id its client knows yet: to the API it does
+        # not exist (and CREATING is no status a client ever sees).
+        if batch is None or batch.status is BatchStatus.CREATING:
             raise BatchNotFound(f"batch '{batch_id}' does not exist")
         return batch
 
