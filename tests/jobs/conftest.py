@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from tests.conftest import settings_for, wait_ready
 from tests.databases import fresh_database
 from tests.helpers import copy_model, write_python_model
 from tests.jobs.harness import TEST_SECRET, WorkerProcess
+from tests.jobs.units import Parts, open_parts
 
 STEPS_PY = '''
 import time
@@ -142,6 +143,13 @@ def jobs_repo(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+    """A worker's parts over a fresh store (see `tests.jobs.units`)."""
+    async with open_parts(tmp_path) as opened:
+        yield opened
 
 
 @dataclass

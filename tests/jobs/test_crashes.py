@@ -10,16 +10,14 @@ kills real worker processes on PostgreSQL.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from modelplex.jobs.worker import WorkerConfig
 from modelplex.records import Job, JobKind, JobStatus
 from modelplex.retry import Backoff, RetryPolicy
-from tests.jobs.units import Parts, job_reaches, open_parts, wait_task
+from tests.jobs.units import Parts, job_reaches, wait_task
 
 pytestmark = pytest.mark.anyio
 
@@ -32,17 +30,6 @@ CONFIG = WorkerConfig(
     max_crashes=3,
     retry=RetryPolicy(3, Backoff(base_s=0.0, cap_s=0.0)),
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    async with open_parts(tmp_path) as opened:
-        yield opened
 
 
 async def lose(parts: Parts, job: Job, times: int) -> None:

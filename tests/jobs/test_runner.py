@@ -4,7 +4,6 @@ steps, step failures and timeouts, cancellation, batch chunks, step vs job retri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from modelplex.jobs import requests
 from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome
 from modelplex.jobs.service import SubmitRequest
 from modelplex.records import Job, JobError, JobKind
-from tests.jobs.units import Parts, eventually, open_parts, wait_task
+from tests.jobs.units import Parts, eventually, wait_task
 
 pytestmark = pytest.mark.anyio
 
@@ -23,17 +22,6 @@ DOUBLED = {
     "model": {"name": "doubler", "version": "1"},
     "predictions": [{"y": [2.0, 4.0]}, {"y": [6.0, 8.0]}],
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    async with open_parts(tmp_path) as opened:
-        yield opened
 
 
 def as_json(value: Any) -> Any:

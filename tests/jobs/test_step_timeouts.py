@@ -8,8 +8,6 @@ signal until the test opens its gate.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -19,22 +17,11 @@ from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.records import JobKind, JobStatus
 from modelplex.retry import Backoff, RetryPolicy
-from tests.jobs.units import Parts, eventually, job_reaches, open_parts, wait_task
+from tests.jobs.units import Parts, eventually, job_reaches, wait_task
 
 pytestmark = pytest.mark.anyio
 
 GRACE_S = 0.2
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    async with open_parts(tmp_path) as opened:
-        yield opened
 
 
 def runner_of(parts: Parts, threads: int = 2, grace_s: float = GRACE_S) -> JobRunner:

@@ -21,7 +21,7 @@ from modelplex.jobs.service import SubmitRequest
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.records import DeliveryStatus, Job, JobKind, JobStatus
 from modelplex.retry import Backoff, RetryPolicy
-from tests.jobs.units import CountingStore, Parts, eventually, job_reaches, open_parts, wait_task
+from tests.jobs.units import CountingStore, Parts, eventually, job_reaches, wait_task
 
 pytestmark = pytest.mark.anyio
 
@@ -34,17 +34,6 @@ CONFIG = WorkerConfig(
     retry=RetryPolicy(5, Backoff(base_s=RETRY_S, cap_s=RETRY_S)),
 )
 HOOK = "http://127.0.0.1:9/hook"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    async with open_parts(tmp_path) as opened:
-        yield opened
 
 
 @dataclass
