@@ -20,30 +20,46 @@ MAX_CUSTOM_ID = 256
 BLOCK_BYTES = 1024 * 1024
 """Whole lines parsed in one go: big enough to make the hand-off to a thread cheap,
 small enough that the loop is never held long (orjson keeps the GIL)."""
+_CR, _LF = ord("\r"), ord("\n")
 
 
 async def line_blocks(
     stream: AsyncIterator[bytes], max_line_bytes: int, block_bytes: int = BLOCK_BYTES
 ) -> AsyncIterator[bytes | int]:
-    """The file as blocks of whole lines (the last one may lack its newline), in
-    order; a line longer than `max_line_bytes` is not held: it comes as its size."""
+    """The file as blocks of whole lines (the last one may lack its end), in order,
+    lines ending as `bytes.splitlines` ends them (\n, \r or \r\n); a line longer
+    than `max_line_bytes` is not held: it comes as its size."""
     buffer = bytearray()
     skipped: int | None = None  # bytes so far of a line too long to hold
+    after_cr = False  # the skipped line ended in \r: a \n next belongs to it
     async for data in stream:
         start = 0
+        if after_cr and data:
+            start, after_cr = (1 if data[0] == _LF else 0), False
         if skipped is not None:
-            end = data.find(b"\n")
+            end = _first_end(data, start)
             if end < 0:
-                skipped += len(data)
+                skipped += len(data) - start
                 continue
-            yield skipped + end
+            yield skipped + end - start
             skipped, start = None, end + 1
+            if data[end] == _CR:
+                if end + 1 == len(data):
+                    after_cr = True
+                elif data[end + 1] == _LF:
+                    start += 1
         buffer += memoryview(data)[start:]
-        cut = buffer.rfind(b"\n") + 1
-        if len(buffer) - cut > max_line_bytes + 1:  # + 1: the line may end in \r\n
+        # A \r last may be the first half of \r\n: the line ends in the next read.
+        end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
+        cut = max(buffer.rfind(b"\n", 0, end), buffer.rfind(b"\r", 0, end)) + 1
+        if len(buffer) - cut > max_line_bytes + 1:  # + 1: the \r of a \r\n
             if cut:
                 yield bytes(buffer[:cut])
-            skipped = len(buffer) - cut
+            if buffer.endswith(b"\r"):  # the line ends here, perhaps with a \n next
+                yield len(buffer) - cut - 1
+                after_cr = True
+            else:
+                skipped = len(buffer) - cut
             buffer.clear()
         elif cut >= block_bytes:
             yield bytes(buffer[:cut])
@@ -52,6 +68,11 @@ async def line_blocks(
         yield skipped
     elif buffer:
         yield bytes(buffer)
+
+
+def _first_end(data: bytes, start: int) -> int:
+    ends = [i for i in (data.find(b"\n", start), data.find(b"\r", start)) if i >= 0]
+    return min(ends, default=-1)
 
 
 class LineParser:
