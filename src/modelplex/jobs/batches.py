@@ -9,8 +9,10 @@ submission (the store keeps one row per refused line, and the batch's row
 counts them); a line the model refuses fails alone when its chunk runs. A
 chunk's input over `blob_threshold_bytes` lives in the blob store, as a job's.
 
-A batch is written in bounded transactions and stays CREATING, its chunks not
-yet claimable, until the last chunk is in (`BatchStore.create_batch`). If its
+The file is read and parsed a block of lines at a time, each block's chunks and
+refusals written before the next is read, in bounded transactions; the batch
+stays CREATING, its chunks not yet claimable, until the last chunk is in
+(`BatchStore.create_batch_from`). If its
 creator dies midway, nobody was told its id: retention deletes a batch still
 CREATING `CREATION_LIMIT_S` after it began, with its chunks and their blobs.
 """
@@ -60,6 +62,9 @@ class BatchService:
         options: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Batch:
+        """The batch of the JSONL file `content`, read as it comes: never held whole
+        (`batch_lines`); an error raised while reading it (a body over its limit, a
+        file over `max_batch_lines`) leaves no batch and no blob behind."""
         settings = self.jobs.settings
         if kind is JobKind.MODEL:
             version = self.jobs.pin_version(target, version)
