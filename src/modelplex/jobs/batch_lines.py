@@ -2,12 +2,14 @@
 parsed on its own (off the event loop, by the caller), valid lines handed on a
 chunk at a time. Memory is a block, a line of at most `max_json_bytes`, the
 lines of an unfinished chunk and the set of `custom_id`s seen so far (needed to
-refuse a repeated one anywhere in the file: about 100 bytes per line, so under
-100 MiB at `max_batch_lines` = 1,000,000 short ids), whatever the file's size.
+refuse a repeated one anywhere in the file), whatever the file's size. The set
+holds a 16-byte digest of each id, about 100 bytes a line however long the ids
+are (under 100 MiB at `max_batch_lines` = 1,000,000).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,7 +88,7 @@ class LineParser:
         """Lines read so far, blank ones included (line numbers count them)."""
         self.valid = 0
         self.refused = 0
-        self._seen: set[str] = set()
+        self._seen: set[bytes] = set()
         self._pending: list[dict[str, Any]] = []
 
     def feed(self, block: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -132,10 +134,11 @@ class LineParser:
         if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
             refused.append(_refused(number, None, "each line needs a string custom_id"))
             return None
-        if custom_id in self._seen:
+        key = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+        if key in self._seen:
             refused.append(_refused(number, custom_id, "custom_id is not unique in the file"))
             return None
-        self._seen.add(custom_id)
+        self._seen.add(key)
         if "input" not in line or set(line) - {"custom_id", "input"}:
             refused.append(_refused(number, custom_id, "a line holds custom_id and input only"))
             return None
