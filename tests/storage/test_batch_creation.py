@@ -3,6 +3,7 @@ transactions, and a creation that dies midway never reported as a batch."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from modelplex.records import BatchStatus, JobStatus
-from modelplex.storage.interface import Store
+from modelplex.storage.interface import BatchPart, Store
 from modelplex.storage.sql import SqlStore
 from modelplex.storage.sql.engines import create_engines
 from modelplex.storage.sql.schema import batch_refusals, batches
@@ -121,3 +122,29 @@ async def test_a_creation_that_fails_midway_is_undone(sql_store: SqlStore) -> No
     async with sql_store.engines.read.begin() as conn:
         assert (await conn.execute(select(func.count()).select_from(batches))).scalar() == 0
         assert (await conn.execute(select(func.count()).select_from(batch_refusals))).scalar() == 0
+
+
+async def test_a_batch_created_from_parts(store: Store) -> None:
+    async def parts() -> AsyncIterator[BatchPart]:
+        yield BatchPart(new_batch(total=2, invalid=2).invalid_lines, [chunk(0), chunk(1)], 5)
+        yield BatchPart([], [], 0)
+        yield BatchPart([], [chunk(2)], 1)
+
+    batch = await store.create_batch_from(new_batch(total=99, invalid=7), parts())
+    assert (batch.total, batch.refused, batch.failed, batch.chunks) == (8, 2, 2, 3)
+    assert batch.status is BatchStatus.PROCESSING
+    chunks = await store.batch_chunks(batch.id, -1, 10)
+    assert [c.chunk_index for c in chunks] == [0, 1, 2]
+    assert len(await store.batch_refusals(batch.id, 0, 10)) == 2
+
+
+async def test_parts_that_fail_undo_the_creation(sql_store: SqlStore) -> None:
+    async def parts() -> AsyncIterator[BatchPart]:
+        yield BatchPart([], [chunk(i) for i in range(150)], 150)
+        raise ValueError("the file was refused midway")
+
+    with pytest.raises(ValueError, match="midway"):
+        await sql_store.create_batch_from(new_batch(total=0), parts())
+    assert await sql_store.list_jobs(limit=500) == []
+    async with sql_store.engines.read.begin() as conn:
+        assert (await conn.execute(select(func.count()).select_from(batches))).scalar() == 0

@@ -27,6 +27,7 @@ router = APIRouter()
 JSON = "application/json"
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
 POLL_AFTER_S = "1"
+_READ_BYTES = 256 * 1024
 _SUBMIT_ERRORS = (
     errors.InvalidInput, errors.NotFound, errors.ModelNotReady, errors.PayloadTooLarge,
     errors.UnsupportedMediaType, errors.Unavailable,
@@ -221,19 +222,30 @@ async def job_deliveries(request: Request, job_id: str) -> Response:
     },
 )
 async def submit_batch(request: Request) -> Response:
+    # The file is read as it comes (a form's file from its spooled temporary file),
+    # never held whole: the service parses and stores it a block at a time.
     media = payloads.media_type(request)
-    fields: BatchFields
     if media in JSONL_TYPES:
         fields = parse(BatchFields, dict(request.query_params), "the query")
-        content = await request.body()
-    elif media == "multipart/form-data":
-        form = parse(BatchForm, payloads.form_document(await payloads.read_form(request)))
-        fields, content = form, form.file
-    else:
-        raise errors.UnsupportedMediaType(
-            f"content type '{media or '(none)'}' is not supported; send multipart/form-data "
-            "with a 'file', or the file as application/jsonl"
-        )
+        return await _create_batch(request, fields, request.stream())
+    if media == "multipart/form-data":
+        async with payloads.open_form(request) as items:
+            document = payloads.form_document(items)
+            file = document.pop("file", None)
+            if file is None:
+                parse(BatchForm, document)  # says what is missing, as for any form
+            fields = parse(BatchFields, document)
+            upload = file.encode() if isinstance(file, str) else file
+            return await _create_batch(request, fields, _read_upload(upload))
+    raise errors.UnsupportedMediaType(
+        f"content type '{media or '(none)'}' is not supported; send multipart/form-data "
+        "with a 'file', or the file as application/jsonl"
+    )
+
+
+async def _create_batch(
+    request: Request, fields: BatchFields, content: AsyncIterator[bytes]
+) -> Response:
     kind, target = fields.target
     options = fields.options.model_dump(exclude_none=True) if fields.options else None
     batch = await _batches(request).create(
@@ -245,6 +257,14 @@ async def submit_batch(request: Request) -> Response:
         metadata=fields.metadata,
     )
     return _json(batch_view(batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"})
+
+
+async def _read_upload(upload: UploadFile | bytes | None) -> AsyncIterator[bytes]:
+    if isinstance(upload, bytes):
+        yield upload
+        return
+    while upload is not None and (data := await upload.read(_READ_BYTES)):
+        yield data
 
 
 @router.get(

@@ -9,8 +9,10 @@ submission (the store keeps one row per refused line, and the batch's row
 counts them); a line the model refuses fails alone when its chunk runs. A
 chunk's input over `blob_threshold_bytes` lives in the blob store, as a job's.
 
-A batch is written in bounded transactions and stays CREATING, its chunks not
-yet claimable, until the last chunk is in (`BatchStore.create_batch`). If its
+The file is read and parsed a block of lines at a time, each block's chunks and
+refusals written before the next is read, in bounded transactions; the batch
+stays CREATING, its chunks not yet claimable, until the last chunk is in
+(`BatchStore.create_batch_from`). If its
 creator dies midway, nobody was told its id: retention deletes a batch still
 CREATING `CREATION_LIMIT_S` after it began, with its chunks and their blobs.
 """
@@ -19,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
-from modelplex.core import jsonlimits, offload
+from modelplex.core import offload
 from modelplex.core.envelopes import parse
 from modelplex.core.instances import PredictParameters
 from modelplex.core.jsonlimits import JsonLimits
@@ -32,9 +34,9 @@ from modelplex.errors import (
     BatchNotFound,
     InternalError,
     InvalidInput,
-    PayloadTooLarge,
     PipelineNotReady,
 )
+from modelplex.jobs.batch_lines import LineParser, line_blocks
 from modelplex.jobs.service import JobService, check_metadata
 from modelplex.records import (
     Batch,
@@ -46,9 +48,8 @@ from modelplex.records import (
     NewBatch,
     NewJob,
 )
-from modelplex.storage.interface import Store
+from modelplex.storage.interface import BatchPart, Store
 
-MAX_CUSTOM_ID = 256
 _PAGE = 200
 _BLOB_WRITES = 8
 CREATION_LIMIT_S = 3600.0
@@ -62,7 +63,7 @@ class BatchService:
 
     async def create(
         self,
-        content: bytes,
+        content: AsyncIterator[bytes],
         *,
         kind: JobKind,
         target: str,
@@ -70,6 +71,9 @@ class BatchService:
         options: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Batch:
+        """The batch of the JSONL file `content`, read as it comes: never held whole
+        (`batch_lines`); an error raised while reading it (a body over its limit, a
+        file over `max_batch_lines`) leaves no batch and no blob behind."""
         settings = self.jobs.settings
         if kind is JobKind.MODEL:
             version = self.jobs.pin_version(target, version)
@@ -82,37 +86,50 @@ class BatchService:
                 raise InvalidInput("options (top_k, outputs) apply to model batches only")
             parse(PredictParameters, options, "options")
         check_metadata(metadata)
-        # Parsing a big file takes a while: not on the event loop.
-        valid, invalid = await offload.cpu_bound(
-            parse_lines, content, settings.max_batch_lines, JsonLimits.of(settings)
-        )
-        if not valid and not invalid:
-            raise InvalidInput("the batch file has no lines")
-        payloads = await asyncio.to_thread(
-            chunk_inputs, valid, settings.batch_chunk_size, kind, options,
-            settings.blob_threshold_bytes,
-        )  # fmt: skip
-        total = len(valid) + len(invalid)
-        del valid  # the payloads hold the lines now
-        refs = await self._store_large(payloads)
-        chunk_jobs = [
-            NewJob(
-                kind=JobKind.BATCH_CHUNK,
-                target=target,
-                version=version,
-                max_attempts=settings.job_max_attempts,
-                steps=["chunk"],
-                input=inline,
-                input_ref=ref,
-            )
-            for (inline, _), ref in zip(payloads, refs, strict=True)
-        ]
-        batch = NewBatch(kind, target, version, total, invalid, metadata)
+        limits = JsonLimits.of(settings)
+        parser = LineParser(settings.max_batch_lines, limits, settings.batch_chunk_size)
+        refs: list[str] = []
+
+        async def part(valid: list[dict[str, Any]], refused: list[dict[str, Any]]) -> BatchPart:
+            payloads = await offload.cpu_bound(
+                chunk_inputs, valid, settings.batch_chunk_size, kind, options,
+                settings.blob_threshold_bytes,
+            )  # fmt: skip
+            written = await self._store_large(payloads)
+            refs.extend(ref for ref in written if ref is not None)
+            chunk_jobs = [
+                NewJob(
+                    kind=JobKind.BATCH_CHUNK,
+                    target=target,
+                    version=version,
+                    max_attempts=settings.job_max_attempts,
+                    steps=["chunk"],
+                    input=inline,
+                    input_ref=ref,
+                )
+                for (inline, _), ref in zip(payloads, written, strict=True)
+            ]
+            return BatchPart(refused, chunk_jobs, len(valid))
+
+        async def parts() -> AsyncGenerator[BatchPart]:
+            # One block of lines at a time, each parsed off the event loop: the
+            # store writes a part before the next is read.
+            async for block in line_blocks(content, limits.max_bytes):
+                if isinstance(block, int):
+                    yield BatchPart([parser.too_long(block)], [], 0)
+                else:
+                    yield await part(*await offload.cpu_bound(parser.feed, block))
+            yield await part(parser.finish(), [])
+
+        head = NewBatch(kind, target, version, 0, [], metadata)
+        stream = parts()
         try:
-            return await self.store.create_batch(batch, chunk_jobs)
+            return await self.store.create_batch_from(head, stream)
         except BaseException:
             await self._delete_blobs(refs)  # the store undid its part
             raise
+        finally:
+            await stream.aclose()
 
     async def _store_large(self, payloads: list[tuple[Any, bytes | None]]) -> list[str | None]:
         """Chunk inputs over `blob_threshold_bytes` go to the blob store, as job inputs
@@ -133,7 +150,7 @@ class BatchService:
     async def _put(self, encoded: bytes | None) -> str:
         return await self.jobs.blobs.put(encoded or b"")
 
-    async def _delete_blobs(self, refs: list[str | None]) -> None:
+    async def _delete_blobs(self, refs: Sequence[str | None]) -> None:
         for ref in refs:
             if ref is not None:
                 with contextlib.suppress(Exception):  # best effort: an orphan blob is harmless
@@ -213,42 +230,3 @@ def chunk_inputs(
         encoded = orjson.dumps(document)
         payloads.append((None, encoded) if len(encoded) > threshold else (document, None))
     return payloads
-
-
-def parse_lines(
-    content: bytes, max_lines: int, limits: JsonLimits
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Valid items, and the lines refused with their error (line numbers from 1);
-    each line is held to the JSON limits, as a JSON body would be."""
-    valid: list[dict[str, Any]] = []
-    invalid: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for number, raw in enumerate(content.splitlines(), start=1):
-        if number > max_lines:
-            raise InvalidInput(f"the batch file has more than {max_lines} lines")
-        if not raw.strip():
-            continue
-        try:
-            line = jsonlimits.loads(raw, limits, "the line")
-        except (InvalidInput, PayloadTooLarge) as exc:
-            invalid.append(_refused(number, None, str(exc)))
-            continue
-        custom_id = line.get("custom_id") if isinstance(line, dict) else None
-        if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
-            invalid.append(_refused(number, None, "each line needs a string custom_id"))
-            continue
-        if custom_id in seen:
-            invalid.append(_refused(number, custom_id, "custom_id is not unique in the file"))
-            continue
-        seen.add(custom_id)
-        if "input" not in line or set(line) - {"custom_id", "input"}:
-            invalid.append(_refused(number, custom_id, "a line holds custom_id and input only"))
-            continue
-        valid.append({"custom_id": custom_id, "input": line["input"]})
-    return valid, invalid
-
-
-def _refused(line: int, custom_id: str | None, message: str) -> dict[str, Any]:
-    error = JobError.of(InvalidInput(message)).as_dict()
-    error.pop("step")
-    return {"custom_id": custom_id, "line": line, "error": error}

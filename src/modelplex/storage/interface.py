@@ -12,7 +12,8 @@ nothing and returns None.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelplex.records import (
@@ -35,6 +36,18 @@ class DuplicateKey(Exception):
     def __init__(self, existing: Job) -> None:
         super().__init__(existing.id)
         self.existing = existing
+
+
+@dataclass
+class BatchPart:
+    """A piece of a batch being created: lines refused in it, and its chunk jobs."""
+
+    refused: list[dict[str, Any]]
+    """`{"custom_id", "line", "error"}` each (they count as failed)."""
+    chunks: list[NewJob]
+    """The next chunk jobs, in order."""
+    lines: int
+    """Valid lines in those chunks (the batch's total counts them and the refused)."""
 
 
 class JobStore(Protocol):
@@ -147,6 +160,13 @@ class BatchStore(Protocol):
         and its chunks cannot be claimed, until the last one is in; then it is
         PROCESSING (with no chunks, COMPLETED). A creation that fails midway is undone;
         one whose process died stays CREATING until `purge_abandoned_batches`."""
+        ...
+
+    async def create_batch_from(self, batch: NewBatch, parts: AsyncIterator[BatchPart]) -> Batch:
+        """As `create_batch`, its refusals and chunks coming in `parts` as they are
+        read (SQL writes each part as it comes; the batch's counts are the parts',
+        `batch.total` and `batch.invalid_lines` are not used). An error raised by
+        `parts` undoes the creation and propagates."""
         ...
 
     async def get_batch(self, batch_id: str) -> Batch | None: ...

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from copy import deepcopy
+from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,7 +36,7 @@ from modelplex.records import (
     allowed_sources,
     pending_steps,
 )
-from modelplex.storage.interface import DuplicateKey, Store
+from modelplex.storage.interface import BatchPart, DuplicateKey, Store
 from modelplex.storage.memory_batches import BatchReads, Lines
 from modelplex.storage.memory_outbox import MemoryOutbox, OutboxEntry
 
@@ -342,6 +343,17 @@ class MemoryStore(BatchReads, MemoryOutbox):
         if members:
             self._wake()
         return deepcopy(record)
+
+    async def create_batch_from(self, batch: NewBatch, parts: AsyncIterator[BatchPart]) -> Batch:
+        refused: Lines = []
+        chunk_jobs: list[NewJob] = []
+        valid = 0
+        async for part in parts:  # one atomic step at the end, as every call here is
+            refused += part.refused
+            chunk_jobs += part.chunks
+            valid += part.lines
+        whole = replace(batch, total=valid + len(refused), invalid_lines=refused)
+        return await self.create_batch(whole, chunk_jobs)
 
     async def cancel_batch(self, batch_id: str) -> Batch | None:
         batch = self._batches.get(batch_id)

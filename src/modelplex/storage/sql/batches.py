@@ -4,7 +4,7 @@ and the lines refused at submission, one row each."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -22,6 +22,7 @@ from modelplex.records import (
     NewBatch,
     NewJob,
 )
+from modelplex.storage.interface import BatchPart
 from modelplex.storage.sql.base import SqlBase
 from modelplex.storage.sql.guarded import status_update
 from modelplex.storage.sql.rows import (
@@ -43,37 +44,71 @@ NOT_YET = 1e15
 
 class BatchQueries(SqlBase):
     async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
+        valid = batch.total - len(batch.invalid_lines)
+        return await self.create_batch_from(
+            batch, _one(BatchPart(batch.invalid_lines, list(chunk_jobs), valid))
+        )
+
+    async def create_batch_from(self, batch: NewBatch, parts: AsyncIterator[BatchPart]) -> Batch:
         """In bounded transactions, so that other writers (SQLite has one at a time)
-        take turns with a big batch: the CREATING row, the refusals, the chunks
-        (which no claim sees: they are due only once the batch is sealed), then the
-        seal. A failure midway deletes what was written."""
+        take turns with a big batch: the CREATING row, then each part's refusals and
+        chunks (which no claim sees: they are due only once the batch is sealed),
+        the batch's counts growing with the part's last transaction, then the seal.
+        A failure midway deletes what was written."""
         now = self._clock()
-        row = new_batch_row(batch, len(chunk_jobs), now)
+        row = new_batch_row(batch, 0, now) | dict.fromkeys(("total", "failed", "refused"), 0)
         batch_id = row["id"]
         async with self._tx() as conn:
             await conn.execute(insert(batches).values(**row))
         try:
-            for start in range(0, len(batch.invalid_lines), _REFUSALS_PER_TX):
-                part = batch.invalid_lines[start : start + _REFUSALS_PER_TX]
-                async with self._tx() as conn:
-                    await conn.execute(
-                        insert(batch_refusals), [refusal_row(batch_id, r) for r in part]
-                    )
-            for start in range(0, len(chunk_jobs), _CHUNKS_PER_TX):
-                chunk_rows = [
-                    {**new_job_row(job, now, batch_id=batch_id, chunk_index=index),
-                     "run_at": NOT_YET}
-                    for index, job in enumerate(
-                        chunk_jobs[start : start + _CHUNKS_PER_TX], start=start
-                    )
-                ]  # fmt: skip
-                async with self._tx() as conn:
-                    await conn.execute(insert(jobs), chunk_rows)
+            index = 0
+            async for part in parts:
+                await self._write_part(batch_id, part, index, now)
+                index += len(part.chunks)
             return await self._seal(batch_id)
         except BaseException:
             with contextlib.suppress(Exception):  # if the database is gone, retention is not
                 await self._delete_batches([batch_id])
             raise
+
+    async def _write_part(self, batch_id: str, part: BatchPart, first: int, now: float) -> None:
+        """One part, a bounded number of rows per transaction; its last one adds the
+        part to the batch's counts."""
+        per_tx = _REFUSALS_PER_TX
+        writes: list[tuple[Any, list[dict[str, Any]]]] = [
+            (batch_refusals, [refusal_row(batch_id, r) for r in part.refused[i : i + per_tx]])
+            for i in range(0, len(part.refused), per_tx)
+        ]
+        for start in range(0, len(part.chunks), _CHUNKS_PER_TX):
+            chunk_rows = [
+                {**new_job_row(job, now, batch_id=batch_id, chunk_index=index),
+                 "run_at": NOT_YET}
+                for index, job in enumerate(
+                    part.chunks[start : start + _CHUNKS_PER_TX], start=first + start
+                )
+            ]  # fmt: skip
+            writes.append((jobs, chunk_rows))
+        refused = len(part.refused)
+        counts = (
+            update(batches)
+            .where(batches.c.id == batch_id)
+            .values(
+                total=batches.c.total + part.lines + refused,
+                failed=batches.c.failed + refused,
+                refused=batches.c.refused + refused,
+                chunks=batches.c.chunks + len(part.chunks),
+            )
+        )
+        if not writes:
+            if part.lines:
+                async with self._tx() as conn:
+                    await conn.execute(counts)
+            return
+        for number, (table, rows) in enumerate(writes, start=1):
+            async with self._tx() as conn:
+                await conn.execute(insert(table), rows)
+                if number == len(writes):
+                    await conn.execute(counts)
 
     async def _seal(self, batch_id: str) -> Batch:
         """Every chunk is in: make them due and the batch PROCESSING (with no chunks,
@@ -216,3 +251,7 @@ class BatchQueries(SqlBase):
         await conn.execute(
             update(batches).where(*done, batches.c.finished_at.is_(None)).values(finished_at=now)
         )
+
+
+async def _one(part: BatchPart) -> AsyncIterator[BatchPart]:
+    yield part

@@ -16,7 +16,7 @@ a job whose lease expired counts a crash, not one of the job's attempts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, tuple_, update
@@ -35,7 +35,7 @@ from modelplex.records import (
     NewJob,
 )
 from modelplex.storage.grouping import GroupCommit
-from modelplex.storage.interface import DuplicateKey
+from modelplex.storage.interface import BatchPart, DuplicateKey
 from modelplex.storage.sql.base import now_sql
 from modelplex.storage.sql.engines import Engines, create_engines, migrate
 from modelplex.storage.sql.guarded import status_update
@@ -97,9 +97,9 @@ class SqlStore(TransitionQueries):
         self._wakeups.signal()
         return created
 
-    async def create_batch(self, batch: NewBatch, chunk_jobs: Sequence[NewJob]) -> Batch:
-        created = await super().create_batch(batch, chunk_jobs)
-        if chunk_jobs:
+    async def create_batch_from(self, batch: NewBatch, parts: AsyncIterator[BatchPart]) -> Batch:
+        created = await super().create_batch_from(batch, parts)
+        if created.chunks:
             async with self._tx() as conn:
                 await self._wakeups.notify(conn)
             self._wakeups.signal()
