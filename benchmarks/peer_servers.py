@@ -57,24 +57,30 @@ def _grpc(body: Path) -> Callable[[Server], Load]:
     return lambda server: grpc_load(server.grpc_target, body)
 
 
-def modelplex(work: Work) -> Candidate:
+def modelplex(work: Work, processes: int = 1) -> Candidate:
+    """`processes`: `http_processes`; 1 is the default, a second serving process
+    is what the issue allows ("as many processes as serve the goal")."""
+    name = "modelplex" if processes == 1 else f"modelplex-{processes}p"
+
     def start() -> Server:
         port, grpc_port = free_port(), free_port()
         server = Server(
-            "modelplex",
+            name,
             [sys.executable, "-m", "modelplex", "serve", "--port", str(port),
              "--model-repository", str(work.modelplex_repo)],
             f"http://127.0.0.1:{port}", "/readyz",
             {"MODELPLEX_GRPC_PORT": str(grpc_port),
-             "MODELPLEX_DATA_DIR": str(work.folder / "modelplex-data")},
-            log=work.folder / "modelplex.log",
+             "MODELPLEX_HTTP_PROCESSES": str(processes),
+             "MODELPLEX_DATA_DIR": str(work.folder / f"{name}-data")},
+            log=work.folder / f"{name}.log",
         )  # fmt: skip
         server.grpc_target = f"127.0.0.1:{grpc_port}"
         return server
 
     v1, v2 = work.bodies["v1"], work.bodies["v2"]
-    return Candidate("modelplex", "modelplex", start, [
-        Workload("LR default /v1", _rest("/v1/models/lr/predict", v1), (64, 1)),
+    concurrency = (64, 1) if processes == 1 else (64,)  # CPU at c=1: one process
+    return Candidate(name, "modelplex", start, [
+        Workload("LR default /v1", _rest("/v1/models/lr/predict", v1), concurrency),
         Workload("LR default V2 REST", _rest("/v2/models/lr/infer", v2)),
         Workload("LR default V2 gRPC", _grpc(work.grpc_bodies["lr"])),
         Workload("LR batch64 /v1", _rest("/v1/models/lr-batch/predict", v1)),
@@ -154,6 +160,7 @@ def litserve(work: Work, model: str, batch: int, workers: int) -> Candidate:
 def candidates(work: Work, only: str | None) -> list[Candidate]:
     found = [
         modelplex(work),
+        modelplex(work, 2),
         fastapi(work, 1),
         fastapi(work, 2),
         mlserver(work, 0),
