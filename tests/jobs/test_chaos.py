@@ -30,8 +30,11 @@ from tests.databases import fresh_database
 from tests.jobs.harness import free_port
 
 JOBS = 240
+JOB_S = 0.3
+"""Each job's own work: long enough that the jobs outlast several kills, even on a
+fast machine (240 jobs on 12 slots take at least 6 s)."""
 WORKERS = 3
-KILL_EVERY_S = 2.0
+KILL_EVERY_S = 1.0
 RUN_S = 150.0
 MAX_CRASHES = 5
 
@@ -178,7 +181,7 @@ def test_kill_9_workers_and_the_server_every_job_completes_and_the_poison_job_fa
         while True:
             if len(ids) < JOBS:  # submit in slices, between the kills
                 for n in range(len(ids), min(JOBS, len(ids) + 40)):
-                    body = {"pipeline": "tiny", "input": {"n": n, "sleep_s": 0.05}}
+                    body = {"pipeline": "tiny", "input": {"n": n, "sleep_s": JOB_S}}
                     ids.append(post(client, body, f"chaos-{n}", deadline))
                 pending = set(ids) | {poison}
             if time.monotonic() >= next_kill and kills < 12:
@@ -186,7 +189,7 @@ def test_kill_9_workers_and_the_server_every_job_completes_and_the_poison_job_fa
                 victim.kill()  # SIGKILL, by PID: no drain, no release
                 kills += 1
                 next_kill = time.monotonic() + KILL_EVERY_S
-                if kills == 3 and not restarted:  # the API server too, once
+                if kills == 2 and not restarted:  # the API server too, once
                     server.kill()
                     server = spawn(["serve"], env)
                     wait_up(client, deadline)
