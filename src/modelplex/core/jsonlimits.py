@@ -95,6 +95,12 @@ def check(data: bytes, limits: JsonLimits, what: str = "the body") -> None:
         )
     if len(data) <= min(limits.max_depth, limits.max_elements):
         return  # too short to be too deep or too many
+    # Bounds from raw counts (brackets and commas inside strings count too): most
+    # request bodies are proven within the limits by these alone, at ~1 us of the
+    # ~6 us a scan costs.
+    opened = data.count(b"[") + data.count(b"{")
+    if opened <= limits.max_depth and data.count(b",") + opened < limits.max_elements:
+        return
     shape = scan(data)
     if shape.depth > limits.max_depth:
         raise InvalidInput(

@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -31,11 +30,8 @@ from modelplex.core.tensors import Array, Datatype, TensorSpec
 from modelplex.errors import InvalidInput, PayloadTooLarge
 
 _FORMATS = ("JPEG", "PNG", "WEBP")
-_RESAMPLE = {
-    "bicubic": cv2.INTER_CUBIC,
-    "bilinear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-}
+_RESAMPLE = {"bicubic": "INTER_CUBIC", "bilinear": "INTER_LINEAR", "nearest": "INTER_NEAREST"}
+"""`resample` to the name of OpenCV's flag (OpenCV is imported with the first image model)."""
 
 
 @dataclass(slots=True)
@@ -52,7 +48,11 @@ class ImagePreprocessor:
         self._config = config
         self._max_pixels = max_pixels
         self._max_request_pixels = max_request_pixels
-        self._resample = _RESAMPLE[config.resample]
+        # OpenCV is ~30 MiB of RSS: only a process that loads an image model pays it.
+        import cv2
+
+        self._resize = cv2.resize
+        self._resample: int = getattr(cv2, _RESAMPLE[config.resample])
         # JPEG's decoder can scale by 1/2..1/8 for free; ask for no less than the
         # crop needs so the result is the same as a full decode and resize.
         side = int(np.ceil(config.size / config.crop_fraction))
@@ -146,5 +146,5 @@ class ImagePreprocessor:
         top, left = (height - side) // 2, (width - side) // 2
         crop = pixels[top : top + side, left : left + side]
         size = self._config.size
-        resized: Array = cv2.resize(crop, (size, size), interpolation=self._resample)
+        resized: Array = self._resize(crop, (size, size), interpolation=self._resample)
         return resized

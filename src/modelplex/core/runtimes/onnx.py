@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -31,20 +33,58 @@ _ONNX_TYPES: dict[str, Datatype] = {
 }
 
 
+_Key = tuple[int, int, int, int, int]
+"""An artefact's device, inode, size and mtime, and the session's thread count."""
+
+
+class _SharedSessions:
+    """One InferenceSession per artefact file and thread count, however many
+    versions load it (the example repository serves one EfficientNet file as two
+    models): a session holds its own copy of the weights, ~28 MiB for that one, and
+    `run` is safe to call from several threads at once. A changed file (another
+    inode, size or mtime) gets a new session; the old one lives while it is used."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[_Key, tuple[ort.InferenceSession, int]] = {}
+
+    def acquire(self, spec: RuntimeSpec) -> tuple[_Key, Any]:
+        stat = spec.artifact.stat()
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec.threads)
+        with self._lock:  # held while loading, so two loads of one file make one session
+            found = self._sessions.get(key)
+            session = found[0] if found else _new_session(spec.artifact, spec.threads)
+            self._sessions[key] = (session, (found[1] if found else 0) + 1)
+        return key, session
+
+    def release(self, key: _Key) -> None:
+        with self._lock:
+            session, users = self._sessions.pop(key, (None, 0))
+            if users > 1:
+                self._sessions[key] = (session, users - 1)
+
+
+_SESSIONS = _SharedSessions()
+
+
+def _new_session(artifact: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    # Idle intra-op threads would otherwise spin for work, burning the CPU that
+    # request handling and pre-processing need on the same machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        str(artifact), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
 class OnnxRuntime:
     def __init__(self, spec: RuntimeSpec) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = spec.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        # Idle intra-op threads would otherwise spin for work, burning the CPU that
-        # request handling and pre-processing need on the same machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(
-                str(spec.artifact), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._key, self._session = _SESSIONS.acquire(spec)
         except Exception as exc:  # ORT raises its own pybind exception types
             # ORT's text carries absolute paths: it goes to the log, not to clients.
             log.error("ONNX Runtime cannot load %s: %s", spec.artifact, exc)
@@ -52,7 +92,11 @@ class OnnxRuntime:
                 f"ONNX Runtime cannot load {spec.artifact.name} ({type(exc).__name__}; "
                 "see the server log)"
             ) from exc
-        self._check(spec)
+        try:
+            self._check(spec)
+        except BaseException:
+            _SESSIONS.release(self._key)
+            raise
         self._output_names = [o.name for o in spec.outputs]
 
     def _check(self, spec: RuntimeSpec) -> None:
@@ -78,6 +122,7 @@ class OnnxRuntime:
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
+        _SESSIONS.release(self._key)
         del self._session
 
 
