@@ -9,8 +9,7 @@ requests queue up and form the next batch, so batches grow with load on their
 own; `max_batch_delay_s` additionally lets an idle instance wait briefly for a
 fuller batch.
 
-All times are `time.monotonic()` (uvloop's `loop.time()` has millisecond
-resolution, too coarse for timing a batch).
+All times are `time.monotonic()` (uvloop's `loop.time()` is too coarse).
 
 Guarantees:
 * each caller gets exactly its own rows back, in order;
@@ -42,6 +41,7 @@ from modelplex.core.queueing import (
     Pending,
     PendingQueue,
     Priority,
+    check_outputs,
 )
 from modelplex.core.stats import ModelStats
 from modelplex.core.tensors import Array
@@ -310,25 +310,30 @@ class Batcher:
                 InferenceTimeout(f"deadline passed while queued for model '{self.name}'")
             )
 
-    def _merge_and_predict(self, parts: list[dict[str, Array]]) -> dict[str, Array]:
-        """Runs on an inference thread: copying a batch of images is not for the event loop."""
-        if len(parts) == 1:
-            return self._predict(parts[0])
-        merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        return self._predict(merged)
+    def _merge_and_predict(self, parts: list[dict[str, Array]]) -> tuple[dict[str, Array], float]:
+        """The outputs and the model's own time (on an inference thread, usually:
+        copying a batch of images is not for the event loop)."""
+        start = time.perf_counter()
+        merged = parts[0] if len(parts) == 1 else {
+            name: np.concatenate([part[name] for part in parts]) for name in parts[0]
+        }  # fmt: skip
+        return self._predict(merged), time.perf_counter() - start
 
     def _runs_inline(self, rows: int) -> bool:
         return self._inline and self._cost.cheap(rows)
 
-    def _record(self, rows: int, elapsed: float) -> None:
+    def _record(self, rows: int, elapsed: float, compute: float | None = None) -> None:
+        """`compute`: the model's own time, when `elapsed` also holds a thread hop
+        (the inline decision is about the model's cost, not the hop's: timed with
+        the hop, a busy machine kept cheap models on threads for good)."""
         self._stats.record_batch(rows, elapsed)
-        self._cost.record(rows, elapsed)
+        self._cost.record(rows, elapsed if compute is None else compute)
 
     def _execute_inline(self, batch: list[Pending]) -> None:
         rows = sum(item.rows for item in batch)
         start = time.monotonic()
         try:
-            outputs = self._merge_and_predict([item.inputs for item in batch])
+            outputs, _ = self._merge_and_predict([item.inputs for item in batch])
             self._check_outputs(outputs, rows)
         except Exception as exc:
             self._failed(batch, rows, start, exc)
@@ -340,7 +345,9 @@ class Batcher:
         parts = [item.inputs for item in batch]
         start = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._merge_and_predict, parts)
+            outputs, compute = await loop.run_in_executor(
+                self._executor, self._merge_and_predict, parts
+            )
             self._check_outputs(outputs, rows)
         except asyncio.CancelledError:
             for item in batch:
@@ -350,7 +357,7 @@ class Batcher:
         except Exception as exc:
             self._failed(batch, rows, start, exc)
             return
-        self._deliver(batch, rows, start, outputs)
+        self._deliver(batch, rows, start, outputs, compute)
 
     def _failed(self, batch: list[Pending], rows: int, start: float, exc: Exception) -> None:
         self._record(rows, time.monotonic() - start)
@@ -361,10 +368,15 @@ class Batcher:
                 item.future.set_exception(self._member_error(exc, rows))
 
     def _deliver(
-        self, batch: list[Pending], rows: int, start: float, outputs: dict[str, Array]
+        self,
+        batch: list[Pending],
+        rows: int,
+        start: float,
+        outputs: dict[str, Array],
+        compute: float | None = None,
     ) -> None:
         elapsed = time.monotonic() - start
-        self._record(rows, elapsed)
+        self._record(rows, elapsed, compute)
         offset = 0
         for item in batch:
             part = (
@@ -385,11 +397,4 @@ class Batcher:
         return InferenceFailed(f"model '{self.name}' failed on a batch of {rows} rows")
 
     def _check_outputs(self, outputs: dict[str, Array], rows: int) -> None:
-        for name in self._output_names:
-            tensor = outputs.get(name)
-            if tensor is None:
-                raise InferenceFailed(f"model '{self.name}' did not return output '{name}'")
-            if len(tensor) != rows:
-                raise InferenceFailed(
-                    f"model '{self.name}' returned {len(tensor)} rows of '{name}' for {rows} inputs"
-                )
+        check_outputs(self.name, self._output_names, outputs, rows)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from modelplex.core.tensors import Array
+from modelplex.errors import InferenceFailed
 
 
 class Priority(IntEnum):
@@ -143,3 +144,15 @@ class PendingQueue:
         for level in self._levels:
             level.clear()
         return items
+
+
+def check_outputs(model: str, names: Iterable[str], outputs: dict[str, Array], rows: int) -> None:
+    """A batch's outputs: every declared one, one row per input row."""
+    for name in names:
+        tensor = outputs.get(name)
+        if tensor is None:
+            raise InferenceFailed(f"model '{model}' did not return output '{name}'")
+        if len(tensor) != rows:
+            raise InferenceFailed(
+                f"model '{model}' returned {len(tensor)} rows of '{name}' for {rows} inputs"
+            )
