@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -258,6 +259,8 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
 
 def run_worker(settings: Settings, repository: Path) -> None:
     """`modelplex worker`: run jobs in the foreground until SIGINT/SIGTERM, then drain."""
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # batch and job work yields to synchronous traffic
 
     async def main() -> None:
         stop = asyncio.Event()

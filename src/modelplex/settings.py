@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     """Worker processes `modelplex serve` starts and supervises (0: none, run
     `modelplex worker` yourself)."""
 
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness a worker process adds to its own (0: none). Priorities inside one
+    process cannot stop a worker beside the server from taking the cores
+    synchronous requests need; a nice worker gets the CPU they leave."""
+
     worker_concurrency: int = Field(default=4, ge=1, le=1024)
     """Jobs one worker runs at a time."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -122,3 +123,19 @@ def test_an_idle_embedded_worker_is_woken_by_a_submission(
             ).json()["id"]
             url = f"/v1/jobs/{job_id}"
             assert wait_for(lambda u=url: client.get(u).json()["status"] == "COMPLETED", 20)
+
+
+def _niceness(pid: int) -> int:
+    # /proc/<pid>/stat: the command may hold spaces; fields after ")" are fixed.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])  # field 19 of the whole line: nice
+
+
+def test_a_worker_process_runs_nicer_than_the_server(jobs_repo: Path, tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    settings = job_settings(tmp_path, database, worker_nice=7)
+    worker = WorkerProcess(settings, jobs_repo, database)
+    try:
+        wait_for(lambda: _niceness(worker.pid) == os.nice(0) + 7)
+    finally:
+        worker.terminate()

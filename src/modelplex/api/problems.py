@@ -9,6 +9,7 @@ raise domain errors and never build error responses themselves.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
 
 from modelplex import errors
 from modelplex.error_map import public_message, wire_error
@@ -44,6 +46,22 @@ def error_response(exc: BaseException, request_id: str, path: str | None = None)
             headers=_headers(exc, request_id),
         )
     return problem_response(exc, request_id, path)
+
+
+async def answer_directly(
+    handler: Callable[[], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve a route's handler past FastAPI's router (the middleware's shortcut),
+    its domain errors rendered as the app's own handlers would; anything else
+    reaches the middleware, which logs it and answers INTERNAL."""
+    try:
+        response = await handler()
+    except (errors.ModelplexError, HTTPException) as exc:
+        domain = to_domain_error(exc)
+        if isinstance(domain, errors.InternalError):
+            log.error("request %s failed", request_id_of(scope), exc_info=exc)
+        response = error_response(domain, request_id_of(scope), path=scope["path"])
+    await response(scope, receive, send)
 
 
 def is_v2_path(path: str) -> bool:

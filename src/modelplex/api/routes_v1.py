@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,7 +21,7 @@ from modelplex.api.bodies import ClassifyForm, ClassifyRequest, PredictForm
 from modelplex.api.deps import modelplex_of
 from modelplex.api.disconnect import until_disconnected
 from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
-from modelplex.api.problems import error_response, request_id_of, to_domain_error
+from modelplex.api.problems import answer_directly, request_id_of
 from modelplex.api.schemas import ClassifyResponse, Health, ModelDetail, ModelList, PredictResponse
 from modelplex.api.views import model_detail, model_summary
 from modelplex.core.dataplane import DataPlane
@@ -220,15 +219,8 @@ def predict_shortcut(scope: Scope) -> ASGIApp | None:
 
 
 async def _predict_app(model: str, scope: Scope, receive: Receive, send: Send) -> None:
-    try:
-        response = await _predict(Request(scope, receive), model, None)
-    except (errors.ModelplexError, HTTPException) as exc:  # what the app's handlers render
-        domain = to_domain_error(exc)
-        if isinstance(domain, errors.InternalError):
-            log.error("request %s failed", request_id_of(scope), exc_info=exc)
-        response = error_response(domain, request_id_of(scope), path=scope["path"])
-    # Anything else reaches the middleware, which logs it and answers INTERNAL.
-    await response(scope, receive, send)
+    request = Request(scope, receive)
+    await answer_directly(lambda: _predict(request, model, None), scope, receive, send)
 
 
 def _dataplane(request: Request) -> DataPlane:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplex import errors
 from modelplex.api import v2_wire
@@ -28,6 +29,7 @@ from modelplex.api.openapi_docs import (
     v2_errors,
 )
 from modelplex.api.payloads import dumps
+from modelplex.api.problems import answer_directly
 from modelplex.api.routes_v1 import timeout_ms
 from modelplex.api.v2_schemas import (
     V2Error,
@@ -211,6 +213,27 @@ async def infer(request: Request) -> Response:
         content = await offload.cpu_bound(v2_wire.compress, content, encoding)
         headers["Content-Encoding"] = encoding
     return Response(content, media_type=media, headers=headers)
+
+
+_MODELS, _INFER, _VERSIONS = "/v2/models/", "/infer", "/versions/"
+
+
+def infer_shortcut(scope: Scope) -> ASGIApp | None:
+    """`POST /v2/models/{model}[/versions/{version}]/infer` past FastAPI's router
+    (as `routes_v1.predict_shortcut`); None for anything else."""
+    path: str = scope["path"]
+    if scope["method"] != "POST" or not path.startswith(_MODELS) or not path.endswith(_INFER):
+        return None
+    model, versioned, version = path[len(_MODELS) : -len(_INFER)].partition(_VERSIONS)
+    if not model or "/" in model or "/" in version or (versioned and not version):
+        return None
+    scope["path_params"] = {"model": model, "version": version} if version else {"model": model}
+    return _infer_app
+
+
+async def _infer_app(scope: Scope, receive: Receive, send: Send) -> None:
+    request = Request(scope, receive)
+    await answer_directly(lambda: infer(request), scope, receive, send)
 
 
 @router.post(
