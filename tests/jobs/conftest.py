@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -196,12 +197,20 @@ def jobs_env(
     """A server (API, dispatcher) and one `modelplex worker` process on each database."""
     tmp = tmp_path_factory.mktemp(f"jobs-{request.param}")
     url = fresh_database(request, request.param, tmp)
-    settings = job_settings(tmp, url)
+    with serving_with_a_worker(job_settings(tmp, url), jobs_repo, url) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def serving_with_a_worker(
+    settings: Settings, repository: Path, url: str, timeout_s: float = 30
+) -> Iterator[JobsEnv]:
+    """A server and one `modelplex worker` process, each ended when done."""
     with (
-        start(settings, jobs_repo) as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
+        start(settings, repository) as server,
+        httpx.Client(base_url=server.url, timeout=timeout_s) as client,
     ):
-        env = JobsEnv(settings, jobs_repo, url, server, client, [])
+        env = JobsEnv(settings, repository, url, server, client, [])
         env.spawn_worker()
         try:
             wait_ready(client)

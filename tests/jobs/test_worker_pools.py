@@ -15,13 +15,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from modelplex.server import start
-from tests.conftest import wait_ready
 from tests.databases import fresh_database
-from tests.jobs.conftest import JobsEnv, job_settings
+from tests.jobs.conftest import JobsEnv, job_settings, serving_with_a_worker
 from tests.jobs.harness import wait_job
 
 ALBUMS = 20
@@ -36,18 +33,8 @@ def busy_env(
     url = fresh_database(request, request.param, tmp)
     # Leases long enough that a busy 2-core machine's late heartbeat loses none.
     settings = job_settings(tmp, url, worker_concurrency=64, job_lease_s=15.0)
-    with (
-        start(settings, jobs_repo) as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
-    ):
-        env = JobsEnv(settings, jobs_repo, url, server, client, [])
-        env.spawn_worker()
-        try:
-            wait_ready(client)
-            yield env
-        finally:
-            for worker in env.workers:
-                worker.terminate()
+    with serving_with_a_worker(settings, jobs_repo, url, timeout_s=60) as env:
+        yield env
 
 
 def album(photos: dict[str, bytes], n: int) -> bytes:
