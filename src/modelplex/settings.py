@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     default_max_queue_size: int = Field(default=256, gt=0)
     """Rows that may wait per model version before RESOURCE_EXHAUSTED."""
 
+    max_queue_wait_ms: float = Field(default=1000.0, ge=0)
+    """Expected queue wait beyond which a synchronous request gets RESOURCE_EXHAUSTED
+    (503 with `Retry-After`) at once instead of queueing; estimated from the rows
+    ahead of it and the version's measured batch time. 0 turns the bound off."""
+
+    max_inflight_requests: int = Field(default=128, ge=0)
+    """Requests one serving process works on at once (health and metrics probes
+    not counted); beyond it a request gets RESOURCE_EXHAUSTED (503 with
+    `Retry-After`) before its body is read. 0 turns the bound off."""
+
     inference_threads: int = Field(default=0, ge=0)
     """Intra-op threads per ONNX Runtime session; 0 uses every core."""
 

@@ -61,6 +61,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         upload_limits=dict.fromkeys(UPLOAD_PREFIXES, settings.max_upload_bytes),
         max_json_bytes=settings.max_json_bytes,
         shortcut=_shortcut,
+        max_inflight=settings.max_inflight_requests,
     )
     return app
 

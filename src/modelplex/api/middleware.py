@@ -6,6 +6,9 @@
 * enforces the request body limit, up front from `Content-Length` and while
   reading a chunked body: the route's (files may be large on the upload routes),
   and never more than `max_json_bytes` for a body declared as JSON;
+* refuses a request at once with RESOURCE_EXHAUSTED (503, `Retry-After`) while
+  `max_inflight` others are in progress in this process (health probes are never
+  refused: an orchestrator must see a busy server as alive);
 * renders any exception nothing else handled as an INTERNAL problem, so no
   stack trace reaches a client;
 * hands the hottest route (`POST /v1/models/{model}/predict`) to its handler
@@ -24,12 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplex.api.payloads import is_json
 from modelplex.api.problems import error_response
-from modelplex.errors import InternalError, PayloadTooLarge
+from modelplex.errors import InternalError, PayloadTooLarge, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
 _DRAIN_BYTES = 4 * 1024 * 1024
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_PROBES = ("/healthz", "/readyz", "/v2/health/")
 
 
 class RequestContextMiddleware:
@@ -40,9 +44,13 @@ class RequestContextMiddleware:
         upload_limits: dict[str, int] | None = None,
         max_json_bytes: int | None = None,
         shortcut: Callable[[Scope], ASGIApp | None] | None = None,
+        max_inflight: int = 0,
     ) -> None:
-        """`shortcut`: the app that serves a request past the router, or None."""
+        """`shortcut`: the app that serves a request past the router, or None.
+        `max_inflight`: requests in progress at once (0: no bound)."""
         self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.shortcut = shortcut
         self.max_body_bytes = max_body_bytes
         self.upload_limits = upload_limits or {}
@@ -97,7 +105,15 @@ class RequestContextMiddleware:
                     raise PayloadTooLarge(self._too_large(limit))
             return message
 
+        if (
+            self.max_inflight
+            and self.inflight >= self.max_inflight
+            and not scope.get("path", "").startswith(_PROBES)
+        ):
+            await self._overloaded(scope, receive, send_with_id)
+            return
         app = (self.shortcut(scope) if self.shortcut else None) or self.app
+        self.inflight += 1
         try:
             await app(scope, limited_receive, send_with_id)
         except Exception as exc:
@@ -106,6 +122,18 @@ class RequestContextMiddleware:
                 await error_response(InternalError(), request_id, scope.get("path"))(
                     scope, receive, send_with_id
                 )
+        finally:
+            self.inflight -= 1
+
+    async def _overloaded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ResourceExhausted(
+            f"the server is working on {self.inflight} requests (limit {self.max_inflight}); "
+            "retry later"
+        )
+        response = error_response(error, scope["state"]["request_id"], scope.get("path"))
+        if _content_length(scope) is None and _has_body(scope):
+            response.headers["Connection"] = "close"  # a streamed body is not worth reading
+        await response(scope, receive, send)
 
     @staticmethod
     def _too_large(limit: int) -> str:
@@ -140,6 +168,10 @@ def _declares_json(scope: Scope) -> bool:
         if key == b"content-type":
             return is_json(value.decode("latin-1").split(";", 1)[0].strip().lower())
     return False
+
+
+def _has_body(scope: Scope) -> bool:
+    return any(key == b"transfer-encoding" for key, _ in scope.get("headers", ()))
 
 
 def _content_length(scope: Scope) -> int | None:

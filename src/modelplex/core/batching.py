@@ -13,8 +13,8 @@ All times are `time.monotonic()` (uvloop's `loop.time()` is too coarse).
 
 Guarantees:
 * each caller gets exactly its own rows back, in order;
-* the queue is bounded in rows: beyond it a request fails fast with
-  ResourceExhausted instead of waiting without bound;
+* the queue is bounded in rows and in expected wait (`admission.QueueBounds`):
+  beyond either a request fails fast with ResourceExhausted instead of waiting;
 * a request whose deadline passes (or whose caller gave up) while queued is
   dropped, never run;
 * a failed batch fails each of its members with its own error.
@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from modelplex.core.admission import Admission
+from modelplex.core.admission import Admission, QueueBounds
 from modelplex.core.catalog import BatchingInfo
 from modelplex.core.queueing import (
     LOW_PRIORITY_SHARE,
@@ -50,7 +50,6 @@ from modelplex.errors import (
     InferenceTimeout,
     ModelNotReady,
     ModelplexError,
-    ResourceExhausted,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,7 @@ class Batcher:
         instances: int = 1,
         inline: bool = False,
         low_priority_share: float = LOW_PRIORITY_SHARE,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
         self.name = name
         self._predict = predict
@@ -101,9 +101,12 @@ class Batcher:
         """Whether the runtime may run on the event loop when its batches are cheap
         (library code that never blocks; never a user's Python model)."""
         self._cost = BatchCost()
-        self._low_limit = max(1, int(self.max_queue_rows * low_priority_share))
-        """Rows that jobs and batch chunks may fill; the rest is left to synchronous
-        requests (a worker process, which serves none, lets them fill it all)."""
+        self._bounds = QueueBounds(
+            self.max_queue_rows,
+            max(1, int(self.max_queue_rows * low_priority_share)),
+            max_queue_wait_s,
+            instances,
+        )
 
     @property
     def queued_rows(self) -> int:
@@ -129,12 +132,10 @@ class Batcher:
         if self._closed:
             raise ModelNotReady(f"model '{self.name}' is unloading")
         waiting = self._queued_rows + self._reserved
-        limit = self.max_queue_rows if priority is Priority.SYNC else self._low_limit
-        if waiting + rows > limit and waiting:
+        refusal = self._bounds.refusal(self.name, waiting, rows, priority, self._cost)
+        if refusal is not None:
             self._stats.rejected_overload += 1
-            raise ResourceExhausted(
-                f"model '{self.name}' has {waiting} rows waiting (limit {limit}); retry later"
-            )
+            raise refusal
         self._reserved += rows
         return Admission(rows, self._unreserve)
 

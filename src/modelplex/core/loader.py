@@ -183,4 +183,5 @@ class VersionLoader:
             # Library code never blocks; a user's Python model may (on purpose, or on IO).
             inline=kind is not RuntimeKind.PYTHON,
             low_priority_share=self._sync_share,
+            max_queue_wait_s=settings.max_queue_wait_ms / 1000,
         )

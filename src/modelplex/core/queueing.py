@@ -57,6 +57,13 @@ class BatchCost:
             self.seconds += _COST_WEIGHT * (elapsed - self.seconds)
             self.rows += _COST_WEIGHT * (rows - self.rows)
 
+    def expected_wait(self, rows_ahead: int, instances: int) -> float:
+        """Seconds until `rows_ahead` queued rows have run, if batches keep their
+        recent size and time (0 before one has been measured)."""
+        if self.seconds is None:
+            return 0.0
+        return rows_ahead / max(self.rows, 1.0) * self.seconds / max(instances, 1)
+
     def cheap(self, rows: int) -> bool:
         """Whether a batch of `rows` is expected to cost less than a thread hop
         (never before one has been measured, on a thread)."""
