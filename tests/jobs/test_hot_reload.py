@@ -109,3 +109,21 @@ def test_a_job_naming_a_version_that_is_nowhere_is_refused_at_submission(
         answer = client.post("/v1/jobs", json={"model": "digits", "version": "7", "input": PIXELS})
         assert answer.status_code == 404
         assert answer.json()["code"] == "VERSION_NOT_FOUND"
+
+
+def test_serves_own_workers_follow_a_load_on_sqlite(repo: Path, tmp_path: Path) -> None:
+    """The embedded deployment: one `serve` and its worker processes on SQLite."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    with (
+        start(job_settings(tmp_path, url, workers=1), repo) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        wait_ready(client)
+        before = wait_job(client, _submit(client)["id"])
+        assert before["result"]["model"]["version"] == "2", before
+        shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")
+        assert client.post("/v2/repository/models/digits/load").status_code == 200
+        for job in (_submit(client, version="3"), _submit(client)):
+            done = wait_job(client, job["id"])
+            assert done["status"] == "COMPLETED", done
+            assert done["result"]["model"] == {"name": "digits", "version": "3"}
