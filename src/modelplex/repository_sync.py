@@ -84,11 +84,15 @@ class RepositorySync:
 
     async def run(self) -> None:
         """Poll until cancelled (start it once the repository's first load is done)."""
+        failing = False
         while True:
             await asyncio.sleep(self._poll_s)
             try:
                 await self.catch_up()
+                failing = False
             except ModelplexError as exc:  # the store is down: try again next time
-                log.warning("repository generations not read: %s", exc.message)
+                if not failing:  # once per outage, not every second of it
+                    log.warning("repository generations not read: %s", exc.message)
+                failing = True
             except Exception as exc:  # a bug: keep following
                 log.error("following the repository failed", exc_info=exc)
