@@ -35,6 +35,7 @@ from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc
 from modelplex.records import Clock, Job
+from modelplex.repository_sync import RepositorySync
 from modelplex.retry import Backoff, RetryPolicy
 from modelplex.settings import Settings
 from modelplex.storage.blobs import LocalBlobStore
@@ -95,27 +96,31 @@ class Modelplex:
         """Thread pools by purpose; routes reach them as `modelplex.executors`."""
         self.registry = ModelRegistry(repository, settings, self.executors.loads)
         self.dataplane = DataPlane(self.registry, settings)
-        self.v2 = V2Service(self.dataplane)
         self.pipelines = PipelineRegistry(repository)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs", self.executors.blobs)
         self._own_store = store is None
         self.store: Store = store or SqlStore.connect(
             database_url(settings), clock, command_timeout_s=settings.database_command_timeout_s
         )
+        self.sync = RepositorySync(self.registry, self.store, settings.repository_poll_s)
+        """Load and unload calls, and what other processes' calls did, done here."""
+        self.v2 = V2Service(self.dataplane, self.sync)
         self.resolver = Resolver(self.executors.dns, settings.callback_dns_timeout_s)
         self.jobs = JobService(
-            self.store, self.blobs, self.dataplane, self.pipelines, settings, self.resolver
-        )
+            self.store, self.blobs, self.dataplane, self.pipelines, settings, self.resolver,
+            catch_up=self.sync.catch_up,
+        )  # fmt: skip
         self.batches = BatchService(self.store, self.jobs)
         self._background: JobSystem | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
         await asyncio.to_thread(self.registry.discover)
         if self.replica:
             await asyncio.to_thread(self.pipelines.load_all)
-            self._loading = asyncio.create_task(self._load_models(), name="load-models")
+            await self._start_models()
             return
         if isinstance(self.store, SqlStore):
             # The job database must be reachable: fail start-up now, not every job later.
@@ -133,6 +138,11 @@ class Modelplex:
             resolver=self.resolver,
         )
         self._background.start()
+        await self._start_models()
+
+    async def _start_models(self) -> None:
+        """Load the repository in the background, then follow other processes' changes."""
+        await self.sync.baseline()  # first: a change made during the load is followed
         self._loading = asyncio.create_task(self._load_models(), name="load-models")
 
     async def _load_models(self) -> None:
@@ -141,6 +151,7 @@ class Modelplex:
         except Exception as exc:  # load_all records per-model failures; this is a bug
             log.error("loading the model repository failed", exc_info=exc)
         tune_gc(self.settings.gc_gen0_threshold)
+        self._following = asyncio.create_task(self.sync.run(), name="repository-sync")
 
     async def stop(self) -> None:
         if self._background is not None:
@@ -148,6 +159,9 @@ class Modelplex:
         if self._loading is not None and not self._loading.done():
             # A model load cannot be interrupted; let it finish before closing.
             await asyncio.shield(self._loading)
+        if self._following is not None:  # started by the load, so after it
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         await self.registry.close()
         self.dataplane.close()
         if self._own_store:
@@ -166,11 +180,12 @@ class _LoadingRunner(JobRunner):
     pipeline's model steps) on a thread before running it, the first time only."""
 
     def __init__(
-        self, registry: ModelRegistry, dataplane: DataPlane, pipelines: PipelineRegistry,
+        self, sync: RepositorySync, dataplane: DataPlane, pipelines: PipelineRegistry,
         blobs: LocalBlobStore, gen0_threshold: int, **options: Any,
     ) -> None:  # fmt: skip
         super().__init__(dataplane, pipelines, blobs, **options)
-        self._registry = registry
+        self._sync = sync
+        self._registry = sync.registry
         self._gen0_threshold = gen0_threshold
 
     async def run(self, job: Job, control: JobControl) -> Outcome:
@@ -181,9 +196,23 @@ class _LoadingRunner(JobRunner):
         loaded = False
         for name in names:
             loaded |= await asyncio.to_thread(self._registry.ensure_loaded, name)
+        if names == [job.target] and job.version is not None:
+            loaded |= await self._pinned(job.target, job.version)
         if loaded:
             tune_gc(self._gen0_threshold)  # the new model out of the collector's sight
         return await super().run(job, control)
+
+    async def _pinned(self, model: str, version: str) -> bool:
+        """Hold the version the job was pinned to at submission: another process
+        loaded it since this one read the folder. Follow the repository's changes
+        now (not at the next poll), else read the folder again; whether it loaded."""
+        if self._registry.has_version(model, version):
+            return False
+        with contextlib.suppress(ModelplexError):  # still missing: the job fails as it would
+            await self._sync.catch_up()
+            if not self._registry.has_version(model, version):
+                await self._registry.reload(model)
+        return True
 
 
 class ModelplexWorker:
@@ -201,8 +230,9 @@ class ModelplexWorker:
         self.store: Store = store or SqlStore.connect(
             database_url(settings), command_timeout_s=settings.database_command_timeout_s
         )
+        self.sync = RepositorySync(self.registry, self.store, settings.repository_poll_s)
         runner = _LoadingRunner(
-            self.registry,
+            self.sync,
             self.dataplane,
             self.pipelines,
             self.blobs,
@@ -217,15 +247,19 @@ class ModelplexWorker:
         try:
             if isinstance(self.store, SqlStore):
                 await self.store.migrate()
+            await self.sync.baseline()
             await self.executors.loads.run(functools.partial(self.registry.load_all, lazy=True))
             await self.executors.loads.run(self.pipelines.load_all)
             tune_gc(self.settings.gc_gen0_threshold)
             # `modelplex serve` wakes its own workers through their stdin.
             waking = asyncio.create_task(wake_on_stdin(self.worker.wake), name="wake-pipe")
+            following = asyncio.create_task(self.sync.run(), name="repository-sync")
             try:
                 await self.worker.run(stop)
             finally:
                 waking.cancel()
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
         finally:
             await self.registry.close()
             self.dataplane.close()

@@ -105,7 +105,11 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.UnsupportedMediaType: _row(
         "UNSUPPORTED_MEDIA_TYPE", 415, 415, G.INVALID_ARGUMENT, "Unsupported media type"
     ),
-    errors.ModelLoadError: _row("MODEL_LOAD_FAILED", 500, 500, G.INTERNAL, "Model load failed"),
+    # A load call whose folder does not make a serving model: the repository's content,
+    # not a server fault, and no retry helps until it is fixed (the protocol: 400).
+    errors.ModelLoadError: _row(
+        "MODEL_LOAD_FAILED", 422, 400, G.INVALID_ARGUMENT, "Model load failed"
+    ),
     errors.PipelineLoadError: _row(
         "PIPELINE_LOAD_FAILED", 500, 500, G.INTERNAL, "Pipeline load failed"
     ),

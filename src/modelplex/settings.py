@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     """Model (re)loads that may run at once (start-up and repository load calls);
     further load calls are refused at once with RESOURCE_EXHAUSTED (503)."""
 
+    repository_poll_s: float = Field(default=1.0, gt=0, le=60)
+    """How often every serving and worker process reads the model repository's
+    generations in the job database, to do the load and unload calls another
+    process answered (a job worker also looks at once for a version it lacks)."""
+
     job_lease_s: float = Field(default=10.0, ge=1, le=3600)
     """How long a claimed job stays a worker's without a heartbeat (renewed every
     third of it); a dead worker's job is claimed again after at most this long."""

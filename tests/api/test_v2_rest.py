@@ -396,3 +396,40 @@ def test_reload_lets_accepted_requests_finish(zoo_repo: Path, tmp_path: Path) ->
         assert answers["r"].json()["predictions"] == [{"y": [2.0, 4.0]}]
         after = http.post("/v1/models/held/predict", json={"instance": [3, 4]})
         assert after.json()["predictions"] == [{"y": [6.0, 8.0]}]
+
+
+def test_a_load_answers_its_outcome_and_refuses_a_pipeline(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    toml = write_python_model(repo, "doubler") / "model.toml"
+    working = toml.read_text()
+    broken = write_python_model(repo, "broken") / "model.toml"
+    broken.write_text(working.replace("[python]", "[python]\nclas_name = 'Model'"))
+    shutil.copytree(example_repo / "album-tagging", repo / "album-tagging")
+    with (
+        start(settings_for(tmp_path), repo) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        wait_ready(http)
+        # Still broken: the protocol's error status and body, with the reason.
+        still = http.post("/v2/repository/models/broken/load")
+        assert still.status_code == 400
+        assert "model 'broken' failed to load" in still.json()["error"]
+        assert "clas_name" in still.json()["error"]
+        # A serving model whose folder breaks keeps serving what it had.
+        toml.write_text(working.replace("[python]", "[python]\nclas_name = 'Model'"))
+        failed = http.post("/v2/repository/models/doubler/load")
+        assert failed.status_code == 400
+        assert "keep serving" in failed.json()["error"]
+        answer = http.post("/v1/models/doubler/predict", json={"instance": [1, 2]})
+        assert answer.json()["predictions"] == [{"y": [2.0, 4.0]}]
+        toml.write_text(working)
+        fixed = http.post("/v2/repository/models/doubler/load")
+        assert (fixed.status_code, fixed.content) == (200, b"")
+        # A pipeline is not a model: refused, and no model entry appears.
+        pipeline = http.post("/v2/repository/models/album-tagging/load")
+        assert pipeline.status_code == 404
+        assert "is a pipeline, not a model" in pipeline.json()["error"]
+        names = [m["name"] for m in http.post("/v2/repository/index").json()]
+        assert names == ["broken", "doubler"]

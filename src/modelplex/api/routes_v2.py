@@ -259,7 +259,12 @@ async def repository_index(request: Request) -> Response:
     responses={
         200: no_content("Loaded"),
         # Loads run a few at a time; one more is refused at once, not queued.
-        **v2_errors(errors.InvalidInput, errors.ModelNotFound, errors.ResourceExhausted),
+        **v2_errors(
+            errors.InvalidInput,
+            errors.ModelLoadError,
+            errors.ModelNotFound,
+            errors.ResourceExhausted,
+        ),
     },
     openapi_extra=optional_json_body("V2LoadRequest"),
 )

@@ -3,6 +3,8 @@
 Loading reads the repository folder by folder (`loader.VersionLoader`). A
 folder that fails (bad model.toml, missing artefact, signature that does not
 match the graph) is recorded as FAILED with its reason; it never stops the others.
+A reload that fails leaves a serving model as it was (Triton's rule too): a typo
+in a folder being edited never takes down the versions that were serving.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ class ModelRegistry:
         """Lazy mode: folders not loaded yet, each with the lock its first load takes."""
         self.loaded = threading.Event()
         """Set once the initial load of the whole repository has finished."""
+        self._lazy = False
 
     # -- loading ---------------------------------------------------------
     def load_all(self, *, lazy: bool = False) -> None:
         """Load every model folder; failures are recorded, never raised. `lazy`
         (a job worker): only list the folders; each loads on its first lookup
         (or `ensure_loaded`), so a worker holds only the models its jobs use."""
+        self._lazy = lazy
         try:
             if not self.repository.is_dir():
                 log.error("model repository %s does not exist", self.repository)
@@ -111,20 +115,31 @@ class ModelRegistry:
     def load_model(self, name: str) -> ModelEntry:
         """(Re)read one model folder; the entry is published only once fully built,
         so requests never see a half-loaded model. The entry it replaces is
-        returned by `reload`, which closes it."""
+        closed by `reload`. A FAILED entry never replaces a READY one: it is
+        returned (the outcome of the load) and closed instead."""
         entry = self._loader.build_entry(name, self.repository / name)
         with self._lock:
-            self._replaced.append(self._models.get(name))
-            self._models[name] = entry
+            old = self._models.get(name)
+            serving = old is not None and old.state is ModelState.READY
+            if serving and entry.state is ModelState.FAILED:
+                log.error("model %s: reload failed, the loaded versions keep serving", name)
+                self._replaced.append(entry)  # a version it did load must be closed
+            else:
+                self._replaced.append(old)
+                self._models[name] = entry
             self._deferred.pop(name, None)
         return entry
 
     async def reload(self, name: str) -> ModelEntry:
         """Load (or load again) one model folder while the server runs: a new
         version folder is served without a restart. The old versions keep
-        answering until the new entry is published, then drain and close."""
-        if not NAME.match(name) or not (self.repository / name).is_dir():
+        answering until the new entry is published, then drain and close.
+        The entry returned says how the load went (FAILED: with its reason)."""
+        folder = self.repository / name
+        if not NAME.match(name) or not folder.is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository")
+        if (folder / PIPELINE_FILE).exists():  # never a model entry: /v1/pipelines lists it
+            raise ModelNotFound(f"'{name}' is a pipeline, not a model")
         if self._loads is None:
             entry = await asyncio.to_thread(self.load_model, name)
         else:
@@ -141,8 +156,30 @@ class ModelRegistry:
             unavailable = ModelEntry(name=name, path=old.path, state=ModelState.UNAVAILABLE)
             unavailable.reason, unavailable.config = "unloaded", old.config
             self._models[name] = unavailable
+            self._deferred.pop(name, None)  # a lazy registry must not load it on next use
             self._replaced.append(old)
         await self._close_replaced()
+
+    async def follow(self, name: str, *, unloaded: bool) -> None:
+        """Do what another process's load or unload call did to `name`. A lazy
+        registry (a job worker) reloads only what it holds: a model it never loaded
+        is read as it is now on its first use."""
+        with self._lock:
+            known, deferred = name in self._models, name in self._deferred
+        if unloaded:
+            if known:
+                await self.unload(name)
+            return
+        if deferred or (self._lazy and not known):
+            await asyncio.to_thread(self.discover, lazy=True)
+            return
+        await self.reload(name)
+
+    def has_version(self, model: str, version: str) -> bool:
+        """Whether `version` of `model` is loaded here (no load is started)."""
+        with self._lock:
+            entry = self._models.get(model)
+        return entry is not None and version in entry.versions
 
     async def _close_replaced(self) -> None:
         """Drain and close replaced entries. Shielded: a client that gives up on its

@@ -76,7 +76,7 @@ class BatchService:
         file over `max_batch_lines`) leaves no batch and no blob behind."""
         settings = self.jobs.settings
         if kind is JobKind.MODEL:
-            version = self.jobs.pin_version(target, version)
+            version = await self.jobs.pin_version(target, version)
         else:
             pipeline = self.jobs.pipelines.get(target)
             if pipeline.config is None:

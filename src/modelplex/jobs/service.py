@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,7 +22,9 @@ from modelplex.errors import (
     InvalidInput,
     JobNotFinished,
     JobNotFound,
+    ModelNotFound,
     PipelineNotReady,
+    VersionNotFound,
 )
 from modelplex.jobs import requests
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
@@ -121,7 +123,12 @@ class JobService:
         pipelines: PipelineRegistry,
         settings: Settings,
         resolver: Resolver | None = None,
+        *,
+        catch_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """`catch_up`: follow the repository changes other processes made (whether
+        there were any), so a version loaded elsewhere is found before it is refused."""
+        self._catch_up = catch_up
         self.store = store
         self.blobs = blobs
         self.dataplane = dataplane
@@ -192,17 +199,27 @@ class JobService:
             raise InvalidInput("a pipeline's input must be a JSON object")
         return pipeline.step_names, pipeline.config.max_attempts or self.settings.job_max_attempts
 
-    def pin_version(self, model: str, version: str | None) -> str:
+    async def pin_version(self, model: str, version: str | None) -> str:
         """The version a job for `model` will run: the one asked for, or today's
         default. Refuses what would certainly fail: an unknown model or version,
         a model that is not serving."""
-        return self.dataplane.resolve(model, version).version
+        return (await self._resolve(model, version)).version
+
+    async def _resolve(self, model: str, version: str | None) -> ServedVersion:
+        """The served version, after catching up with the other processes' load calls
+        if this one does not know it: VERSION_NOT_FOUND only if it is nowhere."""
+        try:
+            return self.dataplane.resolve(model, version)
+        except (ModelNotFound, VersionNotFound):
+            if self._catch_up is None or not await self._catch_up():
+                raise
+        return self.dataplane.resolve(model, version)
 
     async def _check_model(self, request: SubmitRequest) -> CheckedRequest:
         """The job's predict body, decoded and checked exactly as the predict
         endpoint would, against the version the job pins (off the loop: a large
         body takes a while to convert)."""
-        served = self.dataplane.resolve(request.target, request.version)
+        served = await self._resolve(request.target, request.version)
         return await offload.cpu_bound(_checked, request.input, served)
 
     async def _store_input(

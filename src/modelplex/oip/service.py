@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 import modelplex
 from modelplex.core.catalog import ModelInfo, ModelState, VersionInfo
 from modelplex.core.dataplane import DataPlane
-from modelplex.core.registry import ServedVersion
+from modelplex.core.registry import ModelRegistry, ServedVersion
+from modelplex.core.served import ModelEntry
 from modelplex.core.stats import Counter
 from modelplex.core.tensors import Array, Datatype, TensorSpec
 from modelplex.core.types import InferenceRequest
-from modelplex.errors import InvalidInput, VersionNotFound
+from modelplex.errors import InvalidInput, ModelLoadError, VersionNotFound
 
 SERVER_NAME = "modelplex"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "statistics")
@@ -59,10 +60,31 @@ class V2Response:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+class Repository(Protocol):
+    """What load and unload calls reach: the registry, or (a server) the object that
+    also tells the server's other processes (`modelplex.repository_sync`)."""
+
+    async def load(self, model: str) -> ModelEntry: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
+class _LocalRepository:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def load(self, model: str) -> ModelEntry:
+        return await self._registry.reload(model)
+
+    async def unload(self, model: str) -> None:
+        await self._registry.unload(model)
+
+
 class V2Service:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, repository: Repository | None = None) -> None:
         self.dataplane = dataplane
         self.registry = dataplane.registry
+        self.repository = repository or _LocalRepository(self.registry)
 
     # -- health and metadata -------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -181,17 +203,24 @@ class V2Service:
         ]
 
     async def load(self, model: str, parameters: dict[str, Any] | None = None) -> None:
-        """Load the model from its folder. Triton's load parameters (a config
+        """Load the model from its folder; a load that leaves the model not serving
+        is ModelLoadError with the reason. Triton's load parameters (a config
         override, uploaded files) are refused: a model's folder is its only source."""
         if parameters:
             raise InvalidInput(
                 "load parameters (config overrides, files) are not supported: "
                 "put the files in the model's folder and load it"
             )
-        await self.registry.reload(model)
+        entry = await self.repository.load(model)
+        if entry.state is ModelState.READY:
+            return
+        message = f"model '{model}' failed to load: {entry.reason}"
+        if self.registry.describe(model).state is ModelState.READY:
+            message += "; the versions loaded before keep serving"
+        raise ModelLoadError(message)
 
     async def unload(self, model: str) -> None:
-        await self.registry.unload(model)
+        await self.repository.unload(model)
 
 
 def _inputs(tensors: list[V2Tensor]) -> dict[str, Array]:

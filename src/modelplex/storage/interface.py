@@ -1,5 +1,9 @@
 """The store interface the job layer depends on, and nothing more.
 
+It also holds the model repository's generations (`RepositoryStore`): the
+changes load and unload calls made, which every serving and worker process
+follows.
+
 Two implementations keep the same contract (`tests/storage/test_contract.py`
 runs one suite over all of them): `SqlStore` (SQLite embedded, PostgreSQL
 scale-out) and `MemoryStore` (one process, for unit tests). Every method is a
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from modelplex.records import (
@@ -213,7 +218,34 @@ class DeliveryStore(Protocol):
     async def list_deliveries(self, job_id: str) -> list[Delivery]: ...
 
 
-class Store(JobStore, BatchStore, DeliveryStore, Protocol):
+class RepositoryAction(StrEnum):
+    """What a load or unload call did to a model, for other processes to do too."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGeneration:
+    """The latest repository change to one model: each change counts one generation."""
+
+    model: str
+    generation: int
+    action: RepositoryAction
+
+
+class RepositoryStore(Protocol):
+    async def record_repository_change(self, model: str, action: RepositoryAction) -> int:
+        """Count a new generation of `model` (a load or unload call took effect in
+        one process); the generation it is now."""
+        ...
+
+    async def repository_generations(self) -> dict[str, ModelGeneration]:
+        """Every model's latest generation (one small read: processes poll it)."""
+        ...
+
+
+class Store(JobStore, BatchStore, DeliveryStore, RepositoryStore, Protocol):
     """Everything the job layer stores."""
 
     async def close(self) -> None: ...

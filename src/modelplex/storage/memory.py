@@ -36,9 +36,10 @@ from modelplex.records import (
     allowed_sources,
     pending_steps,
 )
-from modelplex.storage.interface import BatchPart, DuplicateKey, Store
+from modelplex.storage.interface import BatchPart, DuplicateKey, ModelGeneration, Store
 from modelplex.storage.memory_batches import BatchReads, Lines
 from modelplex.storage.memory_outbox import MemoryOutbox, OutboxEntry
+from modelplex.storage.memory_repository import MemoryRepositoryLog
 
 _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _Table = dict[Any, frozenset[Any]]
@@ -84,7 +85,7 @@ def _holds(job: Job, lease: Lease | None) -> bool:
     return lease is None or (job.lease_owner == lease.worker and job.attempts == lease.attempt)
 
 
-class MemoryStore(BatchReads, MemoryOutbox):
+class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog):
     """The `Store` on dicts, one per process."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -96,6 +97,7 @@ class MemoryStore(BatchReads, MemoryOutbox):
         self._refusals: dict[str, Lines] = {}  # batch id -> lines refused, by line number
         self._outbox: dict[str, OutboxEntry] = {}
         self._watchers: list[asyncio.Event] = []
+        self._generations: dict[str, ModelGeneration] = {}
 
     @property
     def shared_wakeups(self) -> bool:

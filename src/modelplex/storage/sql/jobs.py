@@ -39,6 +39,7 @@ from modelplex.storage.interface import BatchPart, DuplicateKey
 from modelplex.storage.sql.base import now_sql
 from modelplex.storage.sql.engines import Engines, create_engines, migrate
 from modelplex.storage.sql.guarded import status_update
+from modelplex.storage.sql.repository import RepositoryQueries
 from modelplex.storage.sql.rows import job_from_row, new_job_row
 from modelplex.storage.sql.schema import batches, jobs
 from modelplex.storage.sql.transitions import ITEM_ERRORS, TransitionQueries
@@ -49,7 +50,7 @@ _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
 
 
-class SqlStore(TransitionQueries):
+class SqlStore(TransitionQueries, RepositoryQueries):
     """The `Store` on SQLAlchemy Core."""
 
     def __init__(self, engines: Engines, clock: Clock | None = None) -> None:

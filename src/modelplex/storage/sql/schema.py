@@ -116,3 +116,15 @@ batch_refusals = Table(
     Column("custom_id", String(256)),
     Column("error", JSON, nullable=False),
 )
+
+# The model repository's generations: a load or unload call counts one for its
+# model, and every serving and worker process that sees a new one does the same
+# (see `modelplex.repository_sync`). One row per model: the table stays small.
+model_generations = Table(
+    "model_generations",
+    metadata,
+    Column("model", String(128), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("action", String(16), nullable=False),  # load | unload
+    Column("changed_at", Float, nullable=False),
+)
