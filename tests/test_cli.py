@@ -392,6 +392,20 @@ def test_option_errors_name_the_option(served: str, tmp_path: Path) -> None:
         result = run_cli(*submit, *hook, option, value)
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith(f"INVALID_INPUT: {option}: "), result.stderr
+    listed = run_cli("jobs", "list", "--status", "DONE", "--url", served)
+    assert listed.returncode == 1
+    assert listed.stderr.startswith("INVALID_INPUT: --status: "), listed.stderr
+
+
+def test_jobs_list_prints_jobs_alone_on_stdout(served: str, tmp_path: Path) -> None:
+    first, second = _digits_job(served, tmp_path, 1), _digits_job(served, tmp_path, 1)
+    listed = run_cli("jobs", "list", "--limit", "1", "--url", served)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [second["id"]]
+    hint, cursor = listed.stderr.rsplit(" ", 1)
+    assert hint == "next page: --cursor"
+    rest = run_cli("jobs", "list", "--limit", "1", "--cursor", cursor.strip(), "--url", served)
+    assert rest.stdout.split()[0] == first["id"]
 
 
 def test_every_command_and_option_is_in_the_cli_page() -> None:

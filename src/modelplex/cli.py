@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -63,15 +63,15 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def _client(url: str, *, options: bool = False) -> Iterator[ModelplexClient]:
-    """A client for one command; a server error ends the command with its message
-    (with `options`, naming the command's option where it names a request field)."""
+def _client(url: str, options: Mapping[str, str] | None = None) -> Iterator[ModelplexClient]:
+    """A client for one command; a server error ends the command with its message,
+    naming the option where it names a request field that one of `options` sets."""
     with ModelplexClient(url) as client:
         try:
             yield client
         except ClientError as exc:
             if options and exc.detail is not None:
-                _fail(f"{exc.code}: {cli_inputs.name_options(exc.detail)}")
+                _fail(f"{exc.code}: {cli_inputs.name_options(exc.detail, options)}")
             _fail(str(exc))
 
 
@@ -235,7 +235,7 @@ def jobs_submit(
         "priority": priority, "metadata": cli_inputs.metadata_option(metadata),
         "idempotency_key": idempotency_key,
     }  # fmt: skip
-    with _client(url, options=True) as client:
+    with _client(url, cli_inputs.SUBMIT_FIELDS) as client:
         if model is not None:
             inputs = client.get_model(model).get("inputs") or []
             body = cli_inputs.read_model_input(file, model, inputs).json_body()
@@ -284,8 +284,8 @@ def jobs_list(
     cursor: Annotated[str | None, typer.Option(help="next_cursor from the previous page.")] = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """List jobs, newest first."""
-    with _client(url) as client:
+    """List jobs, newest first (the next page's option on stderr)."""
+    with _client(url, cli_inputs.LIST_FIELDS) as client:
         page = client.list_jobs(status=status, model=model, limit=limit, cursor=cursor)
     for job in page["jobs"]:
         target = job.get("model") or job.get("pipeline") or job.get("batch_chunk")
@@ -294,7 +294,7 @@ def jobs_list(
             f"{job['created_at']}"
         )
     if page["next_cursor"]:
-        typer.echo(f"next page: --cursor {page['next_cursor']}")
+        typer.echo(f"next page: --cursor {page['next_cursor']}", err=True)
 
 
 @jobs_app.command("cancel")

@@ -24,7 +24,7 @@ import typer
 MAX_IDEMPOTENCY_KEY = 200
 """The server's bound on an Idempotency-Key."""
 
-OPTION_OF_FIELD = {
+SUBMIT_FIELDS = {
     "Idempotency-Key": "--idempotency-key",
     "callback_url": "--callback-url",
     "callback_events": "--callback-events",
@@ -32,6 +32,9 @@ OPTION_OF_FIELD = {
     "priority": "--priority",
 }
 """Request fields and headers of `jobs submit`, by the option that sets them."""
+
+LIST_FIELDS = {"status": "--status"}
+"""Query parameters of `jobs list` that the server judges, by their option."""
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,10 @@ def callback_url_option(value: str | None) -> str | None:
     return value
 
 
-def name_options(detail: str) -> str:
+def name_options(detail: str, options: Mapping[str, str]) -> str:
     """A server's message about a field or header, with the option's name instead
     (`callback_url host ... is not public` -> `--callback-url: host ...`)."""
-    for field, option in OPTION_OF_FIELD.items():
+    for field, option in options.items():
         for prefix in (f"'{field}", field):
             if detail.startswith(prefix):
                 rest = detail[len(prefix) :]
