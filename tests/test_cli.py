@@ -247,6 +247,10 @@ def test_jobs_result_of_an_inline_result_and_of_a_missing_job(served: str, tmp_p
     assert missing.returncode == 1
     assert "JOB_NOT_FOUND" in missing.stderr
     assert not (tmp_path / "x").exists()
+    nowhere = str(tmp_path / "no" / "x")
+    unwritable = run_cli("jobs", "result", job["id"], "-o", nowhere, "--url", served)
+    assert unwritable.returncode == 1
+    assert "cannot write" in unwritable.stderr
 
 
 def test_jobs_submit_version_metadata_and_callback_events(

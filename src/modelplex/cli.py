@@ -272,7 +272,10 @@ def jobs_result(
         if output is None:
             _print(client.job_result(job_id))
             return
-        written = client.download_result(job_id, output)
+        try:
+            written = client.download_result(job_id, output)
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}")
     typer.echo(f"wrote {written} bytes to {output}", err=True)
 
 

@@ -181,20 +181,24 @@ class ModelplexClient:
 
     def download_result(self, job_id: str, target: Path) -> int:
         """Write a completed job's result, as the server sends it, to `target`
-        (streamed: a result in the blob store can be large); the bytes written."""
-        path = f"/v1/jobs/{job_id}/result"
+        (streamed: a result in the blob store can be large); the bytes written.
+        `target` appears whole or not at all."""
+        partial = target.with_name(f".{target.name}.part")
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
                 if response.is_error:
                     response.read()
                     self._raise(response)
                 written = 0
-                with target.open("wb") as out:
+                with partial.open("wb") as out:
                     for chunk in response.iter_bytes():
                         written += out.write(chunk)
-                return written
+            partial.replace(target)
+            return written
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
 
     def submit_batch(
         self, file: Path, *, model: str | None = None, pipeline: str | None = None,
