@@ -366,6 +366,12 @@ def test_wait_prints_the_job_on_stdout_and_draws_progress_on_a_terminal_stderr(
     piped = run_cli("jobs", "wait", job["id"], "--url", served)
     assert json.loads(piped.stdout) == job
     assert piped.stderr == ""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"custom_id": "a", "input": [0.0] * 64}) + "\n")
+    batch = ["batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served]
+    terminal, stderr = _run_on_a_terminal(batch, "stdout")
+    assert json.loads(terminal)["counts"]["completed"] == 1
+    assert stderr == ""
 
 
 def test_examples_build_prints_only_the_path(tmp_path: Path) -> None:
