@@ -402,6 +402,11 @@ def test_option_errors_name_the_option(served: str, tmp_path: Path) -> None:
         result = run_cli(*submit, *hook, option, value)
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith(f"INVALID_INPUT: {option}: "), result.stderr
+    key = ["--idempotency-key", f"key-{time.time_ns()}"]
+    assert run_cli(*submit, *key).returncode == 0
+    conflict = run_cli(*submit, *key, "--priority", "5")
+    assert conflict.returncode == 1
+    assert conflict.stderr.startswith("IDEMPOTENCY_CONFLICT: --idempotency-key: "), conflict.stderr
     listed = run_cli("jobs", "list", "--status", "DONE", "--url", served)
     assert listed.returncode == 1
     assert listed.stderr.startswith("INVALID_INPUT: --status: "), listed.stderr
