@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -13,6 +12,8 @@ import orjson
 import typer
 
 import modelplex
+from modelplex import cli_inputs
+from modelplex.cli_output import stderr_progress, stdout_to_stderr
 from modelplex.client import DEFAULT_URL, ClientError, ModelplexClient
 from modelplex.settings import Settings
 
@@ -31,6 +32,24 @@ UrlOption = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(modelplex.__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """modelplex model server."""
+
+
 def _settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -44,12 +63,15 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def _client(url: str) -> Iterator[ModelplexClient]:
-    """A client for one command; a server error ends the command with its message."""
+def _client(url: str, options: Mapping[str, str] | None = None) -> Iterator[ModelplexClient]:
+    """A client for one command; a server error ends the command with its message,
+    naming the option where it names a request field that one of `options` sets."""
     with ModelplexClient(url) as client:
         try:
             yield client
         except ClientError as exc:
+            if options and exc.detail is not None:
+                _fail(f"{exc.code}: {cli_inputs.name_options(exc.detail, options)}")
             _fail(str(exc))
 
 
@@ -61,19 +83,27 @@ def _print(document: Any) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8001).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes to run jobs (default 1; 0: none).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Runtime state: job database, blobs (default .modelplex).")
+    ] = None,
     model_repository: Annotated[
         Path | None, typer.Option(help="Model repository (default: the example models).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
 ) -> None:
-    """Serve a model repository over HTTP (the example models by default)."""
+    """Serve a model repository over HTTP and gRPC (the example models by default)."""
     from modelplex.errors import ModelplexError
     from modelplex.process import configure_logging
     from modelplex.server import serve as run_server
 
     settings = _settings(
-        host=host, port=port, model_repository=model_repository, config_file=config
-    )
+        host=host, port=port, grpc_port=grpc_port, workers=workers, data_dir=data_dir,
+        model_repository=model_repository, config_file=config,
+    )  # fmt: skip
     configure_logging(settings.log_level)
     try:
         run_server(settings)
@@ -144,9 +174,7 @@ def predict(
     model: str,
     file: Annotated[
         Path,
-        typer.Argument(
-            exists=True, dir_okay=False, help="A JSON file of instances, or an input file (image)."
-        ),
+        typer.Argument(exists=True, dir_okay=False, help="A JSON input, or an image file."),
     ],
     model_version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="Classes per instance.")] = None,
@@ -155,71 +183,67 @@ def predict(
 ) -> None:
     """Send FILE to MODEL and print the result.
 
-    A .json file holds one instance, a list of instances, or a full request body
-    ({"instances": [...]}); any other file is uploaded to the model's BYTES input.
+    A .json file holds one instance, a list of instances, or a request body
+    ({"instance": ...} or {"instances": [...]}, with its parameters); any other
+    file (an image) goes to the model's one BYTES input.
     """
     with _client(url) as client:
-        if file.suffix.lower() == ".json":
-            instances = _instances_from_json(file)
-            result = client.predict(
-                model, instances, version=model_version, top_k=top_k, detail=detail
-            )
-        else:
-            info = client.get_model(model)
-            byte_inputs = [i["name"] for i in info.get("inputs") or [] if i["datatype"] == "BYTES"]
-            if len(byte_inputs) != 1:
-                _fail(f"model '{model}' has no single BYTES input to upload a file to; use JSON")
+        info = client.get_model(model)
+        given = cli_inputs.read_model_input(file, model, info.get("inputs") or [])
+        if given.file is not None and given.input_name is not None:
             result = client.predict_files(
-                model, byte_inputs[0], [file], version=model_version, top_k=top_k, detail=detail
-            )
+                model, given.input_name, [given.file], version=model_version, top_k=top_k,
+                detail=detail,
+            )  # fmt: skip
+        else:
+            body = given.json_body(top_k)
+            result = client.predict_body(model, body, version=model_version, detail=detail)
     _print(result)
-
-
-def _instances_from_json(file: Path) -> list[Any]:
-    try:
-        document = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        _fail(f"{file} is not valid JSON: {exc}")
-    if isinstance(document, dict) and "instances" in document:
-        instances = document["instances"]
-        return instances if isinstance(instances, list) else [instances]
-    if isinstance(document, dict) and "instance" in document:
-        return [document["instance"]]
-    return (
-        document
-        if isinstance(document, list) and document and isinstance(document[0], list | dict)
-        else [document]
-    )
 
 
 @jobs_app.command("submit")
 def jobs_submit(
     file: Annotated[
         Path,
-        typer.Argument(exists=True, dir_okay=False, help="JSON input, or a file (zip) to upload."),
+        typer.Argument(
+            exists=True, dir_okay=False, help="As predict's FILE; for a pipeline, any file."
+        ),
     ],
     model: Annotated[str | None, typer.Option(help="Run this model.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Run this pipeline.")] = None,
-    callback_url: Annotated[str | None, typer.Option(help="Webhook URL.")] = None,
+    model_version: cli_inputs.VersionOption = None,
+    callback_url: cli_inputs.CallbackUrlOption = None,
+    callback_events: cli_inputs.CallbackEventsOption = None,
     priority: Annotated[int, typer.Option(help="Higher runs first (-100..100).")] = 0,
-    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+    metadata: cli_inputs.MetadataOption = None,
+    idempotency_key: cli_inputs.IdempotencyKeyOption = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job, with a progress bar.")] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Submit a job; print it (or, with --wait, its outcome)."""
+    """Submit a job; print it (or, with --wait, its outcome).
+
+    A model's FILE is read as predict's is; a pipeline's .json file is its input,
+    any other file (a zip for album-tagging) is uploaded.
+    """
     if (model is None) == (pipeline is None):
         _fail("give exactly one of --model or --pipeline")
-    with _client(url) as client:
-        if file.suffix.lower() == ".json":
-            job = client.submit_job(
-                model=model, pipeline=pipeline, input=_read_json(file),
-                callback_url=callback_url, priority=priority, idempotency_key=idempotency_key,
-            )  # fmt: skip
+    events = cli_inputs.events_option(callback_events)
+    if events and callback_url is None:
+        raise typer.BadParameter("needs --callback-url", param_hint="'--callback-events'")
+    options: dict[str, Any] = {
+        "version": model_version, "callback_url": callback_url, "callback_events": events,
+        "priority": priority, "metadata": cli_inputs.metadata_option(metadata),
+        "idempotency_key": idempotency_key,
+    }  # fmt: skip
+    with _client(url, cli_inputs.SUBMIT_FIELDS) as client:
+        if model is not None:
+            inputs = client.get_model(model).get("inputs") or []
+            body = cli_inputs.read_model_input(file, model, inputs).json_body()
+            job = client.submit_job(model=model, input=body, **options)
+        elif file.suffix.lower() == ".json":
+            job = client.submit_job(pipeline=pipeline, input=cli_inputs.read_json(file), **options)
         else:
-            job = client.submit_job(
-                model=model, pipeline=pipeline, file=file, callback_url=callback_url,
-                priority=priority, idempotency_key=idempotency_key,
-            )  # fmt: skip
+            job = client.submit_job(pipeline=pipeline, file=file, **options)
         if wait:
             job = _wait_for_job(client, job["id"])
     _print(job)
@@ -234,6 +258,27 @@ def jobs_get(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
         _print(client.get_job(job_id))
 
 
+@jobs_app.command("result")
+def jobs_result(
+    job_id: str,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", dir_okay=False, help="Write the result to this file."),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Print a completed job's result (JSON), or write it to FILE with -o, however large."""
+    with _client(url) as client:
+        if output is None:
+            _print(client.job_result(job_id))
+            return
+        try:
+            written = client.download_result(job_id, output)
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}")
+    typer.echo(f"wrote {written} bytes to {output}", err=True)
+
+
 @jobs_app.command("list")
 def jobs_list(
     status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
@@ -242,8 +287,8 @@ def jobs_list(
     cursor: Annotated[str | None, typer.Option(help="next_cursor from the previous page.")] = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """List jobs, newest first."""
-    with _client(url) as client:
+    """List jobs, newest first (the next page's option on stderr)."""
+    with _client(url, cli_inputs.LIST_FIELDS) as client:
         page = client.list_jobs(status=status, model=model, limit=limit, cursor=cursor)
     for job in page["jobs"]:
         target = job.get("model") or job.get("pipeline") or job.get("batch_chunk")
@@ -252,7 +297,7 @@ def jobs_list(
             f"{job['created_at']}"
         )
     if page["next_cursor"]:
-        typer.echo(f"next page: --cursor {page['next_cursor']}")
+        typer.echo(f"next page: --cursor {page['next_cursor']}", err=True)
 
 
 @jobs_app.command("cancel")
@@ -273,9 +318,7 @@ def jobs_wait(job_id: str, url: UrlOption = DEFAULT_URL) -> None:
 
 
 def _wait_for_job(client: ModelplexClient, job_id: str) -> dict[str, Any]:
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
+    with stderr_progress() as bar:
         task = bar.add_task(job_id, total=1.0)
         while True:
             job = client.get_job(job_id)
@@ -341,9 +384,7 @@ def batches_cancel(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
 
 
 def _wait_for_batch(client: ModelplexClient, batch_id: str) -> dict[str, Any]:
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
+    with stderr_progress() as bar:
         task = bar.add_task(batch_id, total=1.0)
         while True:
             batch = client.get_batch(batch_id)
@@ -359,13 +400,6 @@ def _wait_for_batch(client: ModelplexClient, batch_id: str) -> dict[str, Any]:
             time.sleep(0.5)
 
 
-def _read_json(file: Path) -> Any:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        _fail(f"{file} is not valid JSON: {exc}")
-
-
 @examples_app.command("build")
 def examples_build(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache directory.")] = None,
@@ -378,7 +412,9 @@ def examples_build(
     settings = _settings(cache_dir=cache_dir)
     configure_logging(settings.log_level)
     try:
-        path = ensure_example_repository(settings.cache_dir)
+        # The builders' libraries print as they load weights: stdout is the path's alone.
+        with stdout_to_stderr():
+            path = ensure_example_repository(settings.cache_dir)
     except ModelplexError as exc:
         _fail(str(exc))
     typer.echo(str(path))

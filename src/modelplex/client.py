@@ -16,10 +16,18 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class ClientError(Exception):
     """The server answered with a problem document, or could not be reached."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.detail = detail
 
 
 class ModelplexClient:
@@ -59,6 +67,17 @@ class ModelplexClient:
         body: dict[str, Any] = {"instances": instances}
         if top_k is not None:
             body["parameters"] = {"top_k": top_k}
+        return self.predict_body(model, body, version=version, detail=detail)
+
+    def predict_body(
+        self,
+        model: str,
+        body: dict[str, Any],
+        *,
+        version: str | None = None,
+        detail: str = "standard",
+    ) -> dict[str, Any]:
+        """Predict with a whole /v1 body (`instance` or `instances`, `parameters`)."""
         return self._request(
             "POST",
             _predict_path(model, version),
@@ -115,23 +134,33 @@ class ModelplexClient:
         pipeline: str | None = None,
         input: Any = None,
         file: Path | None = None,
+        version: str | None = None,
         callback_url: str | None = None,
+        callback_events: list[str] | None = None,
         priority: int = 0,
+        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         target = {"model": model} if model else {"pipeline": pipeline}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        if file is not None:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        fields: dict[str, Any] = {
+            "version": version, "callback_url": callback_url,
+            "callback_events": callback_events or None, "metadata": metadata,
+        }  # fmt: skip
+        given = {name: value for name, value in fields.items() if value is not None}
+        if file is not None:  # the form carries the JSON body's fields as text
             data = {**target, "priority": str(priority)}
-            if callback_url:
-                data["callback_url"] = callback_url
+            for name, value in given.items():
+                data[name] = (
+                    ",".join(value) if name == "callback_events"
+                    else orjson.dumps(value).decode() if name == "metadata"
+                    else value
+                )  # fmt: skip
             return self._request(
                 "POST", "/v1/jobs", files={"file": (file.name, file.read_bytes())}, data=data,
                 headers=headers,
             )  # fmt: skip
-        body: dict[str, Any] = {**target, "input": input, "priority": priority}
-        if callback_url:
-            body["callback_url"] = callback_url
+        body: dict[str, Any] = {**target, "input": input, "priority": priority, **given}
         return self._request("POST", "/v1/jobs", json=body, headers=headers)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -149,6 +178,27 @@ class ModelplexClient:
 
     def job_result(self, job_id: str) -> Any:
         return self._send("GET", f"/v1/jobs/{job_id}/result").json()
+
+    def download_result(self, job_id: str, target: Path) -> int:
+        """Write a completed job's result, as the server sends it, to `target`
+        (streamed: a result in the blob store can be large); the bytes written.
+        `target` appears whole or not at all."""
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/result") as response:
+                if response.is_error:
+                    response.read()
+                    self._raise(response)
+                written = 0
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        written += out.write(chunk)
+            partial.replace(target)
+            return written
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
 
     def submit_batch(
         self, file: Path, *, model: str | None = None, pipeline: str | None = None,
@@ -196,10 +246,12 @@ class ModelplexClient:
         except ValueError:
             document = None
         if isinstance(document, dict) and "code" in document:
+            detail = str(document.get("detail", ""))
             raise ClientError(
-                f"{document['code']}: {document.get('detail', '')}",
+                f"{document['code']}: {detail}",
                 status=response.status_code,
                 code=str(document["code"]),
+                detail=detail,
             )
         raise ClientError(f"HTTP {response.status_code}", status=response.status_code)
 
