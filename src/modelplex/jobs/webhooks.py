@@ -50,7 +50,7 @@ def parse_secret(secret: str) -> bytes:
     try:
         return secret_key(secret)
     except ValueError as exc:
-        raise ConfigurationError(f"MODELPLEX_WEBHOOK_SECRET: {exc}") from None
+        raise ConfigurationError(str(exc)) from None
 
 
 def new_secret() -> str:
