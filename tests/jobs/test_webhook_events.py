@@ -107,6 +107,19 @@ def test_every_event_has_one_shape_and_a_jobs_events_arrive_in_order(jobs_env: J
     assert len({e["id"] for e in events}) == len(events)
 
 
+def test_a_retried_event_still_comes_before_the_jobs_later_ones(jobs_env: JobsEnv) -> None:
+    with receiver(plan=[500, 503]) as hooks:  # the first event fails twice, then succeeds
+        body = {"model": "digits", "input": {"instance": [0] * 64},
+                "callback_events": ["job.step"]}  # fmt: skip
+        events = run_to_the_end(jobs_env, hooks, body)
+    statuses = [r["status"] for r in hooks.received]
+    assert statuses == [500, 503, 200, 200, 200]
+    seen = [(e["type"], e["data"]["step"] and e["data"]["step"]["status"]) for e in events]
+    assert seen == [("job.step", "RUNNING")] * 3 + [("job.step", "COMPLETED"),
+                                                    ("job.completed", None)]  # fmt: skip
+    assert len({e["id"] for e in events[:3]}) == 1  # one event, three attempts
+
+
 def test_a_failed_job_says_why_in_the_same_shape(jobs_env: JobsEnv) -> None:
     with receiver() as hooks:
         [event] = run_to_the_end(jobs_env, hooks, {"pipeline": "refuses", "input": {}})
