@@ -11,9 +11,11 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 import skimage.data
 from PIL import Image
 
@@ -89,6 +91,14 @@ def test_the_quickstart_commands_work_as_written(client: httpx.Client, tmp_path:
     # As the page says: five predictions by default, three for the JSON body's "top_k".
     counts = [len(answer["predictions"]) for _, answer in answers]
     assert counts[:2] == [5, 3], [c for c, _ in answers]
+    [sample] = json_blocks("1-quickstart.md")  # the page's answer is this photo's
+    documented, real = orjson.loads(sample)["predictions"], answers[1][1]["predictions"]
+    assert [(p["label"], p["class_id"]) for p in documented] == [
+        (p["label"], p["class_id"]) for p in real
+    ]
+    assert [p["confidence"] for p in documented] == pytest.approx(
+        [p["confidence"] for p in real], abs=1e-3
+    )
 
 
 def test_the_pipeline_file_section_is_complete_and_its_example_loads(example_repo: Path) -> None:
@@ -104,3 +114,24 @@ def test_the_pipeline_file_section_is_complete_and_its_example_loads(example_rep
     assert documented == keys, documented ^ keys
     for key in StepRetry.model_fields:
         assert f"{key} = " in section, key
+
+
+def json_blocks(page: str) -> list[str]:
+    return re.findall(r"```json\n(.*?)```", (DOCS / page).read_text(), re.S)
+
+
+def test_the_api_pages_sample_answers_are_what_the_server_answers(client: httpx.Client) -> None:
+    """The requests the page names, sent to a real server: the same answers but for
+    the ids and times that differ per request."""
+    readme = (DOCS.parent / "README.md").read_text()
+    found = re.search(r"-d '(\{\"instance\": \[[0-9,]+\]\})'", readme)
+    assert found is not None
+    predicted = client.post("/v1/models/digits/predict", json=orjson.loads(found[1])).json()
+    refused = client.post("/v1/models/digits/predict", json={"instance": [1, 2]}).json()
+    *_, prediction_sample, problem_sample = json_blocks("4-api.md")
+    for sample, real in ((prediction_sample, predicted), (problem_sample, refused)):
+        documented: dict[str, Any] = orjson.loads(sample)
+        for varies in ("id", "request_id", "metadata"):
+            documented.pop(varies, None)
+            real.pop(varies, None)
+        assert documented == real
