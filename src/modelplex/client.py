@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 import orjson
+
+from modelplex import signatures
+from modelplex.signatures import WebhookVerificationError as WebhookVerificationError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -260,3 +264,17 @@ def _predict_path(model: str, version: str | None) -> str:
     if version is None:
         return f"/v1/models/{model}/predict"
     return f"/v1/models/{model}/versions/{version}/predict"
+
+
+def verify_webhook(
+    payload: bytes, headers: Mapping[str, str], secret: str, *,
+    tolerance_s: int = signatures.TOLERANCE_S,
+) -> dict[str, Any]:  # fmt: skip
+    """The event of a modelplex webhook, after checking its Standard Webhooks
+    signature with `secret` (the server's `webhook_secret`, `whsec_...`) and that its
+    timestamp is within `tolerance_s` of now. Pass the body exactly as received
+    and the request's headers (any mapping; names in any case).
+
+    Raises WebhookVerificationError if the signature or timestamp is wrong, and
+    ValueError if `secret` is not a `whsec_<base64>` secret."""
+    return signatures.verify(payload, headers, secret, tolerance_s=tolerance_s)

@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 
 from modelplex import errors
 from modelplex.error_map import wire_error
+from modelplex.ids import new_id
 
 Clock = Callable[[], float]
 """Epoch seconds (`time.time`); stores and workers take one so tests can move time.
@@ -237,6 +238,9 @@ class NewDelivery:
     event: str
     url: str
     payload: dict[str, Any]
+    id: str = field(default_factory=lambda: new_id("msg"))
+    """Given when the event happens, not when it is stored: a job's events are
+    delivered in the order of their ids (ULIDs, monotonic within a process)."""
 
 
 @dataclass(slots=True)

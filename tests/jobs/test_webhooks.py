@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import threading
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelplex.client import WebhookVerificationError, verify_webhook
 from modelplex.errors import ConfigurationError, InvalidInput, ResourceExhausted, Unavailable
 from modelplex.executors import Pool
 from modelplex.jobs.webhooks import (
@@ -27,7 +29,6 @@ from modelplex.jobs.webhooks import (
     load_or_create_secret,
     parse_secret,
     sign,
-    verify,
 )
 from modelplex.records import DeliveryStatus, JobKind, NewDelivery, NewJob
 from modelplex.retry import Backoff
@@ -48,13 +49,25 @@ def test_verify_accepts_fresh_and_refuses_tampered_or_stale() -> None:
     key = parse_secret(SPEC_SECRET)
     now = int(time.time())
     body = b'{"type":"job.completed"}'
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now)}
+    headers = {"Webhook-Id": "msg_1", "webhook-timestamp": str(now)}
     headers["webhook-signature"] = "v1,bogus " + sign(key, "msg_1", now, body)
-    assert verify(key, headers, body)
-    assert not verify(key, headers, body + b" ")
+    assert verify_webhook(body, headers, SPEC_SECRET) == {"type": "job.completed"}
+    with pytest.raises(WebhookVerificationError, match="no signature"):
+        verify_webhook(body + b" ", headers, SPEC_SECRET)
     stale = {**headers, "webhook-timestamp": str(now - 3600)}
     stale["webhook-signature"] = sign(key, "msg_1", now - 3600, body)
-    assert not verify(key, stale, body)
+    with pytest.raises(WebhookVerificationError, match="tolerance"):
+        verify_webhook(body, stale, SPEC_SECRET)
+    with pytest.raises(WebhookVerificationError, match="header"):
+        verify_webhook(body, {"webhook-timestamp": str(now)}, SPEC_SECRET)
+    with pytest.raises(ValueError, match="whsec_"):
+        verify_webhook(body, headers, "not a secret")
+
+
+def test_an_unpadded_secret_is_the_same_key() -> None:
+    padded = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    assert padded.endswith("=")
+    assert parse_secret(padded.rstrip("=")) == parse_secret(padded) == b"k" * 32
 
 
 @pytest.mark.parametrize("secret", ["nope", "whsec_***", "whsec_c2hvcnQ="])

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from modelplex.jobs.events import iso
 from modelplex.jobs.service import SubmitRequest
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.records import DeliveryStatus, Job, JobKind, JobStatus
@@ -112,8 +113,9 @@ async def test_a_queued_job_is_claimed_run_and_completed(parts: Parts) -> None:
     data = deliveries[0].payload["data"]
     assert deliveries[0].payload["type"] == "job.completed"
     assert data["id"] == job.id
-    assert (data["status"], data["kind"], data["target"]) == ("COMPLETED", "model", "doubler")
+    assert (data["status"], data["model"], data["version"]) == ("COMPLETED", "doubler", "1")
     assert (data["result"], data["error"], data["metadata"]) == (expected, None, {"n": 7})
+    assert data["finished_at"] == iso(parts.clock())  # the job's own end, as GET shows it
 
 
 async def test_a_large_result_is_stored_as_a_blob(parts: Parts) -> None:

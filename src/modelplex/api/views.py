@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from modelplex.core.catalog import ModelInfo
+from modelplex.jobs.events import iso
 from modelplex.records import Batch, Delivery, DeliveryStatus, Job, JobKind, JobStatus
 
 
@@ -40,12 +40,6 @@ def model_detail(model: ModelInfo) -> dict[str, Any]:
     if model.preprocessing is not None:
         doc["preprocessing"] = model.preprocessing
     return doc
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -8,15 +8,15 @@ request or the loss of the lease reaches it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modelplex.jobs.webhooks import event_payload
+from modelplex.jobs import events as job_events
 from modelplex.records import Job, JobError, NewDelivery, StepStatus
 
-STEP_EVENT = "job.step"
 _STEP_ENDS = frozenset(
     {StepStatus.COMPLETED.value, StepStatus.FAILED.value, StepStatus.CANCELLED.value}
 )
@@ -64,6 +64,11 @@ class JobControl:
     """Set by the worker; sync steps poll it from their threads."""
     lost: bool = False
     """Set when the heartbeat found the lease gone: the job's work is moot."""
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a progress flush while it writes; the final write waits for it, so
+    that a flush never lands after the job's end (its events would be lost)."""
+    finishing: bool = False
+    """Set once the final write takes the remaining events: no flush after it."""
 
     def __post_init__(self) -> None:
         self.steps = copy.deepcopy(self.job.steps)
@@ -81,8 +86,6 @@ class JobControl:
 
     def _step_event(self, index: int) -> None:
         job = self.job
-        if job.callback_url and STEP_EVENT in job.callback_events:
-            data = {"job_id": job.id, "step": dict(self.steps[index]), "progress": self.progress}
-            self.events.append(
-                NewDelivery(STEP_EVENT, job.callback_url, event_payload(STEP_EVENT, data))
-            )
+        if job_events.STEP in job.callback_events:
+            now = replace(job, steps=copy.deepcopy(self.steps), progress=self.progress)
+            self.events += job_events.job_event(job_events.STEP, now, step=index)

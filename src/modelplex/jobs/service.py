@@ -27,9 +27,17 @@ from modelplex.errors import (
     VersionNotFound,
 )
 from modelplex.jobs import requests
+from modelplex.jobs.events import finish_event
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
-from modelplex.jobs.webhooks import Resolver, check_callback_url, event_payload
-from modelplex.records import Delivery, Job, JobKind, JobStatus, NewDelivery, NewJob
+from modelplex.jobs.webhooks import Resolver, check_callback_url
+from modelplex.records import (
+    CANCELLED_BY_REQUEST,
+    Delivery,
+    Job,
+    JobKind,
+    JobStatus,
+    NewJob,
+)
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
 from modelplex.storage.interface import DuplicateKey, Store
@@ -262,12 +270,8 @@ class JobService:
         job = await self.get(job_id)
         if job.status.finished:
             return job
-        events = []
-        if job.callback_url:
-            data = {"id": job.id, "status": JobStatus.CANCELLED.value, "metadata": job.metadata}
-            events.append(
-                NewDelivery("job.cancelled", job.callback_url, event_payload("job.cancelled", data))
-            )
+        # Written only if the job is still queued (a running one's worker sends it).
+        events = finish_event(job, JobStatus.CANCELLED, error=CANCELLED_BY_REQUEST)
         cancelled = await self.store.request_cancel(job_id, events)
         if cancelled is None:
             raise JobNotFound(f"job '{job_id}' does not exist")

@@ -1,5 +1,6 @@
-"""Webhooks: Standard Webhooks signatures, the SSRF guard, the retry policy and
-the dispatcher that delivers the outbox.
+"""Webhooks: the secret, the SSRF guard, the retry policy and the dispatcher that
+delivers the outbox, signed per Standard Webhooks (`modelplex.signatures`); what
+an event says is `modelplex.jobs.events`.
 
 Workers never send webhooks: a job's state change writes a delivery row in the
 same transaction, and a `Dispatcher` (in every `modelplex serve`, optionally in
@@ -10,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import functools
-import hashlib
-import hmac
 import ipaddress
 import logging
 import os
@@ -22,7 +19,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,26 +36,21 @@ from modelplex.ids import new_id
 from modelplex.jobs.waiting import wait_any
 from modelplex.records import Delivery, DeliveryStatus
 from modelplex.retry import Backoff
+from modelplex.signatures import SECRET_PREFIX, secret_key, sign
 from modelplex.storage.interface import DeliveryStore
 
 log = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
 # -- signing ------------------------------------------------------------------
 def parse_secret(secret: str) -> bytes:
-    """The key bytes of a `whsec_<base64>` secret."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise ConfigurationError("webhook secrets look like whsec_<base64>")
+    """The key bytes of a `whsec_<base64>` secret (a configuration error if it is not one)."""
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigurationError("the webhook secret's base64 part is invalid") from None
-    if len(key) < 16:
-        raise ConfigurationError("the webhook secret must hold at least 16 bytes")
-    return key
+        return secret_key(secret)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def new_secret() -> str:
@@ -81,31 +72,6 @@ def load_or_create_secret(path: Path) -> str:
         finally:
             partial.unlink(missing_ok=True)
     return path.read_text().strip()
-
-
-def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value (Standard Webhooks, v1 = HMAC-SHA256)."""
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify(key: bytes, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
-    """What a receiver does: check the timestamp's freshness and any v1 signature."""
-    headers = {name.lower(): value for name, value in headers.items()}
-    try:
-        message_id = headers["webhook-id"]
-        timestamp = int(headers["webhook-timestamp"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - timestamp) > tolerance_s:
-        return False
-    expected = sign(key, message_id, timestamp, body).split(",", 1)[1]
-    for candidate in headers.get("webhook-signature", "").split():
-        version, _, value = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(value, expected):
-            return True
-    return False
 
 
 # -- SSRF guard ---------------------------------------------------------------
@@ -209,7 +175,12 @@ class DeliveryPolicy:
 class Dispatcher:
     """Claims due deliveries and sends each as a task of its own, at most
     `concurrency` at a time: a slow or blackholed receiver holds one slot for
-    at most its timeout and never delays the others. Every attempt is recorded."""
+    at most its timeout and never delays another job's. Every attempt is recorded.
+
+    A job's events go out one at a time, in the order they happened: the store
+    hands out only the oldest undelivered event of each job (`claim_deliveries`),
+    so the next one waits until it is delivered or given up, whichever dispatcher
+    sends it. A finished delivery wakes the loop at once to claim the next."""
 
     def __init__(
         self,
@@ -235,8 +206,7 @@ class Dispatcher:
         self._resolver = resolver or Resolver(timeout_s=timeout_s)
         self._owner = new_id("dispatcher")
         self._sending: set[asyncio.Task[None]] = set()
-        self._last_of_job: dict[str, asyncio.Task[None]] = {}
-        self._slot_free = asyncio.Event()
+        self._finished_one = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         # No redirects (a receiver could bounce us anywhere) and no proxies from
@@ -245,11 +215,10 @@ class Dispatcher:
         async with client as http:
             try:
                 while not stop.is_set():
-                    backlog = await self._claim_more(http)
-                    self._slot_free.clear()
-                    # With more due than slots, a finished delivery makes room at once.
-                    await wait_any(stop, *([self._slot_free] if backlog else []),
-                                   seconds=self._poll_s)  # fmt: skip
+                    self._finished_one.clear()
+                    await self._claim_more(http)
+                    # A finished delivery makes room, and may make its job's next event due.
+                    await wait_any(stop, self._finished_one, seconds=self._poll_s)
                 if self._sending:  # attempts in flight may finish, within their timeout
                     await asyncio.wait(set(self._sending), timeout=self._timeout_s)
             finally:
@@ -259,39 +228,24 @@ class Dispatcher:
                     task.cancel()
                 await asyncio.gather(*self._sending, return_exceptions=True)
 
-    async def _claim_more(self, http: httpx.AsyncClient) -> bool:
-        """Start deliveries for the free slots; True if they were all filled."""
+    async def _claim_more(self, http: httpx.AsyncClient) -> None:
+        """Start deliveries for the free slots."""
         room = self._concurrency - len(self._sending)
         if room <= 0:
-            return True
+            return
         try:
             due = await self._store.claim_deliveries(self._owner, room, lease_s=self._timeout_s * 3)
         except Exception as exc:  # never let the dispatcher die
             log.warning("webhook dispatcher cannot claim: %s", exc)
-            return False
+            return
         for delivery in due:
-            after = self._last_of_job.get(delivery.job_id)
-            work = self._deliver_after(after, http, delivery)
-            task = asyncio.create_task(work, name=f"webhook:{delivery.id}")
+            task = asyncio.create_task(self._deliver(http, delivery), name=f"webhook:{delivery.id}")
             self._sending.add(task)
-            self._last_of_job[delivery.job_id] = task
-            task.add_done_callback(functools.partial(self._sent, job_id=delivery.job_id))
-        return len(due) == room
+            task.add_done_callback(self._sent)
 
-    async def _deliver_after(
-        self, after: asyncio.Task[None] | None, http: httpx.AsyncClient, delivery: Delivery
-    ) -> None:
-        """A job's events go out in order (a step's before the job's end) while its
-        receiver answers in time; the wait is bounded so the lease always holds."""
-        if after is not None and not after.done():
-            await asyncio.wait({after}, timeout=self._timeout_s)
-        await self._deliver(http, delivery)
-
-    def _sent(self, task: asyncio.Task[None], *, job_id: str) -> None:
+    def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        if self._last_of_job.get(job_id) is task:
-            del self._last_of_job[job_id]
-        self._slot_free.set()
+        self._finished_one.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
@@ -362,12 +316,3 @@ class Dispatcher:
                 "webhook %s: the attempt outlived its lease; another dispatcher took it over",
                 delivery.id,
             )
-
-
-def event_payload(event: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The body every webhook carries (Standard Webhooks' recommended shape)."""
-    return {
-        "type": event,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": data,
-    }

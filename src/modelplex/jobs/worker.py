@@ -38,9 +38,9 @@ from modelplex.errors import (
 )
 from modelplex.ids import new_id
 from modelplex.jobs.control import Cancelled, Completed, Failed, JobControl, Outcome
+from modelplex.jobs.events import finish_event
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.waiting import wait_any
-from modelplex.jobs.webhooks import event_payload
 from modelplex.records import (
     CANCELLED_BY_REQUEST,
     Clock,
@@ -56,13 +56,6 @@ from modelplex.storage.blobs import BlobStore
 from modelplex.storage.interface import JobStore
 
 log = logging.getLogger(__name__)
-
-FINISH_EVENTS = {
-    JobStatus.COMPLETED: "job.completed",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELLED: "job.cancelled",
-}
-
 
 WRITE_ATTEMPTS = 5
 STORE_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
@@ -225,6 +218,8 @@ class Worker:
             history.append(
                 {"attempt": job.attempts - 1, "worker": job.previous_owner, "error": lost}
             )
+        async with control.writing:  # a flush in progress lands first, with its events
+            control.finishing = True
         values: JobChanges = {"steps": control.steps, "progress": control.progress}
         events = list(control.events)
         lines = outcome.lines
@@ -269,7 +264,7 @@ class Worker:
                     target,
                     lease=job.lease,
                     changes=values,
-                    deliveries_out=events + self._finish_events(job, target, values),
+                    deliveries_out=events + finish_event(job, target, self._clock(), **values),
                     batch_delta=(lines or (0, 0)) if target.finished else None,
                     unless_cancelled=target is JobStatus.QUEUED,
                 )
@@ -278,22 +273,6 @@ class Worker:
                 await asyncio.sleep(STORE_BACKOFF.delay(attempt))
         log.error("job %s: outcome lost; the lease will expire and it runs again", job.id)
         return None
-
-    def _finish_events(self, job: Job, target: JobStatus, values: JobChanges) -> list[NewDelivery]:
-        event = FINISH_EVENTS.get(target)
-        if event is None or not job.callback_url:
-            return []
-        data = {
-            "id": job.id,
-            "status": target.value,
-            "kind": job.kind.value,
-            "target": job.target,
-            "error": values.get("error"),
-            "result": values.get("result"),
-            "result_ref": values.get("result_ref") is not None,
-            "metadata": job.metadata,
-        }
-        return [NewDelivery(event, job.callback_url, event_payload(event, data))]
 
     async def _result_fields(self, result: Any) -> JobChanges:
         encoded = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -342,21 +321,22 @@ class Worker:
 
     async def _flush_progress(self) -> None:
         for job_id, (_task, control) in list(self._running.items()):
-            if not control.dirty or control.lost:
-                continue
-            control.dirty = False
-            events, control.events = control.events, []
-            try:
-                ok = await self._store.update_progress(
-                    control.job.lease, job_id, control.steps, control.progress, events
-                )
-            except StoreUnavailable:
-                control.events = events + control.events
-                control.dirty = True
-                continue
-            if not ok:
-                control.lost = True
-                control.cancel.set()
+            async with control.writing:
+                if not control.dirty or control.lost or control.finishing:
+                    continue
+                control.dirty = False
+                events, control.events = control.events, []
+                try:
+                    ok = await self._store.update_progress(
+                        control.job.lease, job_id, control.steps, control.progress, events
+                    )
+                except StoreUnavailable:
+                    control.events = events + control.events
+                    control.dirty = True
+                    continue
+                if not ok:
+                    control.lost = True
+                    control.cancel.set()
 
     async def _drain(self) -> None:
         if not self._running:

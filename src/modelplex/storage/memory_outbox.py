@@ -9,7 +9,6 @@ from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
-from modelplex.ids import new_id
 from modelplex.records import Clock, Delivery, DeliveryStatus, NewDelivery
 
 
@@ -34,15 +33,22 @@ class MemoryOutbox:
         """Called only once the change that causes them has happened."""
         for item in items:
             delivery = Delivery(
-                id=new_id("msg"), job_id=job_id, event=item.event, url=item.url,
+                id=item.id, job_id=job_id, event=item.event, url=item.url,
                 payload=deepcopy(item.payload), status=DeliveryStatus.PENDING, attempts=[],
                 next_attempt_at=now, created_at=now,
             )  # fmt: skip
             self._outbox[delivery.id] = OutboxEntry(delivery)
 
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        """Only the oldest PENDING delivery of each job (the SQL store's rule)."""
         now = self._clock()
+        oldest: dict[str, str] = {}
+        for entry in self._outbox.values():
+            d = entry.delivery
+            if d.status is DeliveryStatus.PENDING:
+                oldest[d.job_id] = min(d.id, oldest.get(d.job_id, d.id))
         due = [o for o in self._outbox.values() if o.due(now)]
+        due = [o for o in due if oldest[o.delivery.job_id] == o.delivery.id]
         due = sorted(due, key=lambda o: (o.delivery.next_attempt_at, o.delivery.id))[:limit]
         for outbox in due:
             outbox.lease = (owner, now + lease_s)
@@ -70,4 +76,4 @@ class MemoryOutbox:
 
     async def list_deliveries(self, job_id: str) -> list[Delivery]:
         mine = [o.delivery for o in self._outbox.values() if o.delivery.job_id == job_id]
-        return [deepcopy(d) for d in sorted(mine, key=lambda d: (d.created_at, d.id))]
+        return [deepcopy(d) for d in sorted(mine, key=lambda d: d.id)]

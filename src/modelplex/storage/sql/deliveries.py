@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from modelplex.ids import new_id
 from modelplex.records import Delivery, DeliveryStatus, NewDelivery
 from modelplex.storage.sql.base import SqlBase
 from modelplex.storage.sql.rows import delivery_from_row
@@ -27,7 +26,7 @@ class DeliveryQueries(SqlBase):
             insert(deliveries),
             [
                 {
-                    "id": new_id("msg"),
+                    "id": d.id,
                     "job_id": job_id,
                     "event": d.event,
                     "url": d.url,
@@ -42,15 +41,29 @@ class DeliveryQueries(SqlBase):
         )
 
     async def claim_deliveries(self, owner: str, limit: int, lease_s: float) -> list[Delivery]:
+        """Only the oldest PENDING delivery of each job (by id: the order its events
+        happened in) can be claimed, so a job's events go out one at a time, in order,
+        whatever dispatcher claims them; one delivered or given up lets the next go."""
         now = self._clock()
+        earlier = deliveries.alias("earlier")
+        waits_for_earlier = (
+            select(earlier.c.id)
+            .where(
+                earlier.c.job_id == deliveries.c.job_id,
+                earlier.c.status == DeliveryStatus.PENDING.value,
+                earlier.c.id < deliveries.c.id,
+            )
+            .exists()
+        )
         candidates = (
             select(deliveries.c.id)
             .where(
                 deliveries.c.status == DeliveryStatus.PENDING.value,
                 deliveries.c.next_attempt_at <= now,
                 or_(deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now),
+                ~waits_for_earlier,
             )
-            .order_by(deliveries.c.next_attempt_at)
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -91,11 +104,7 @@ class DeliveryQueries(SqlBase):
             return (await conn.execute(statement)).rowcount == 1
 
     async def list_deliveries(self, job_id: str) -> list[Delivery]:
-        query = (
-            select(deliveries)
-            .where(deliveries.c.job_id == job_id)
-            .order_by(deliveries.c.created_at, deliveries.c.id)
-        )
+        query = select(deliveries).where(deliveries.c.job_id == job_id).order_by(deliveries.c.id)
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [delivery_from_row(r) for r in rows]
