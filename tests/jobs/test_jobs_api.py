@@ -83,6 +83,11 @@ def test_idempotency_key(jobs_env: JobsEnv) -> None:
             "VERSION_NOT_FOUND",
         ),
         ({"model": "digits", "input": {"instance": [1, 2]}}, 422, "INVALID_INPUT"),
+        (
+            {"model": "doubler", "input": {"instance": [1, 2], "parameters": {"top_k": 2}}},
+            422,
+            "INVALID_INPUT",
+        ),
         ({"model": "digits", "pipeline": "x", "input": {}}, 422, "INVALID_INPUT"),
         ({"model": "digits"}, 422, "INVALID_INPUT"),
         ({"model": "digits", "input": {"instance": [0] * 64}, "extra": 1}, 422, "INVALID_INPUT"),
@@ -391,6 +396,13 @@ def test_batch_submission_errors(jobs_env: JobsEnv) -> None:
         files={"file": ("rows.jsonl", b'{"custom_id": "a", "input": []}')},
     )
     assert bad_metadata.json()["code"] == "INVALID_INPUT"
+    top_k_for_no_classes = client.post(
+        "/v1/batches",
+        data={"model": "doubler", "options": '{"top_k": 2}'},
+        files={"file": ("rows.jsonl", b'{"custom_id": "a", "input": [1, 2]}')},
+    )
+    assert top_k_for_no_classes.status_code == 422
+    assert "has no classification" in top_k_for_no_classes.json()["detail"]
 
 
 def test_a_batch_of_only_bad_lines_is_finished_at_once(jobs_env: JobsEnv) -> None:

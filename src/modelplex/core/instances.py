@@ -44,10 +44,25 @@ def instances_to_tensors(instances: list[Any], specs: tuple[TensorSpec, ...]) ->
 
 
 class PredictParameters(Envelope):
+    """What a prediction answers; a parameter the model cannot honour is refused."""
+
     top_k: JsonInt | None = Field(
-        None, description="Classification models: classes per instance (at least 1)."
+        None,
+        description="Classification models only: labelled classes per instance (at least 1).",
     )
-    outputs: list[str] | None = Field(None, description="Outputs to return (default: all).")
+    outputs: list[str] | None = Field(
+        None,
+        description="Outputs to return raw, by name (default: all; for a classification "
+        "model, its labelled classes). Not together with top_k.",
+    )
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> PredictParameters:
+        if self.top_k is not None and self.outputs is not None:
+            raise ValueError(
+                "send top_k (labelled classes) or outputs (raw outputs by name), not both"
+            )
+        return self
 
 
 class PredictRequest(Envelope):

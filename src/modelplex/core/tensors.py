@@ -205,7 +205,9 @@ def row_to_json(tensor: Array, row: int) -> Any:
     orjson serialises them natively); BYTES become text, or {"b64": ...} if binary."""
     value = tensor[row]
     if tensor.dtype != object:
-        return value
+        # A scalar integer may be numpy's `longlong` (ONNX Runtime's INT64), which
+        # orjson does not know; as a Python int it serialises the same.
+        return int(value) if tensor.ndim == 1 and tensor.dtype.kind in "iu" else value
     if isinstance(value, np.ndarray):
         return [_bytes_to_json(v) for v in value.reshape(-1)]
     return _bytes_to_json(value)

@@ -30,6 +30,7 @@ from modelplex.core import offload
 from modelplex.core.envelopes import parse
 from modelplex.core.instances import PredictParameters
 from modelplex.core.jsonlimits import JsonLimits
+from modelplex.core.validation import check_options
 from modelplex.errors import (
     BatchNotFound,
     InternalError,
@@ -84,7 +85,10 @@ class BatchService:
         if options is not None:
             if kind is not JobKind.MODEL:
                 raise InvalidInput("options (top_k, outputs) apply to model batches only")
-            parse(PredictParameters, options, "options")
+            parameters = parse(PredictParameters, options, "options")
+            # Refused now, not on every line: the pinned version cannot honour them.
+            served = self.jobs.dataplane.resolve(target, version)
+            check_options(served, parameters.outputs, parameters.top_k)
         check_metadata(metadata)
         limits = JsonLimits.of(settings)
         parser = LineParser(settings.max_batch_lines, limits, settings.batch_chunk_size)
