@@ -467,6 +467,25 @@ def test_batch_submission_errors(jobs_env: JobsEnv) -> None:
     assert "has no classification" in top_k_for_no_classes.json()["detail"]
 
 
+def test_pipeline_batch_lines_are_checked_against_its_schema(jobs_env: JobsEnv) -> None:
+    lines = [
+        orjson.dumps({"custom_id": "foo", "input": {"foo": 1}}),
+        orjson.dumps({"custom_id": "empty", "input": {"images": []}}),
+    ]
+    response = jobs_env.client.post(
+        "/v1/batches?pipeline=album-tagging",
+        content=b"\n".join(lines),
+        headers={"content-type": "application/jsonl"},
+    )
+    assert response.status_code == 202, response.text
+    batch = jobs_env.client.get(f"/v1/batches/{response.json()['id']}").json()
+    assert batch["counts"]["refused"] == 2
+    refusals = {r["custom_id"]: r["error"] for r in batch["refusals"]}
+    assert "unknown fields ['input.foo']" in refusals["foo"]["message"]
+    assert "'input.images'" in refusals["empty"]["message"]
+    assert {e["code"] for e in refusals.values()} == {"INVALID_INPUT"}
+
+
 def test_a_batch_of_only_bad_lines_is_finished_at_once(jobs_env: JobsEnv) -> None:
     response = jobs_env.client.post(
         "/v1/batches?model=digits",
