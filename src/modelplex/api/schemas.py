@@ -245,7 +245,7 @@ class PipelineStep(BaseModel):
     max_attempts: int
 
 
-class PipelineInput(BaseModel):
+class PipelineInputSpec(BaseModel):
     """What a job for the pipeline takes, checked at submission."""
 
     schema_: dict[str, Any] = Field(
@@ -262,7 +262,7 @@ class PipelineView(BaseModel):
     state: Literal["READY", "FAILED"]
     description: str
     reason: str | None
-    input: PipelineInput
+    input: PipelineInputSpec
     options: dict[str, Any] = Field(description="The pipeline's own settings, for its steps.")
     steps: list[PipelineStep]
 
