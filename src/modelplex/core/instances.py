@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from modelplex.core.envelopes import Envelope, JsonInt, parse
 from modelplex.core.registry import ServedVersion
-from modelplex.core.tensors import Array, TensorSpec, row_to_json, to_tensor
+from modelplex.core.tensors import Array, TensorSpec, json_ready, row_to_json, to_tensor
 from modelplex.core.types import ClassScore, InferenceResult
 from modelplex.core.validation import check_row_count
 from modelplex.errors import InvalidInput
@@ -134,8 +133,7 @@ def predictions_json(result: InferenceResult, top_k: int | None) -> list[dict[st
                 entry["top_k"] = [class_json(s) for s in row]
             predictions.append(entry)
         return predictions
-    # orjson serialises only C-contiguous arrays; a model may return any layout.
-    outputs = {name: np.ascontiguousarray(t) for name, t in result.outputs.items()}
+    outputs = {name: json_ready(t) for name, t in result.outputs.items()}
     return [
         {name: row_to_json(tensor, i) for name, tensor in outputs.items()}
         for i in range(result.rows)
