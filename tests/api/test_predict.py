@@ -97,6 +97,16 @@ def test_raw_outputs_of_a_classification_model_by_name(
     assert [int(np.argmax(p["probabilities"])) for p in predictions] == [
         p["class_id"] for p in labelled["predictions"]
     ]
+    sklearn = client.post(
+        "/v1/models/digits/versions/1/predict",
+        json={"instances": rows, "parameters": {"outputs": ["probabilities"]}},
+    ).json()["predictions"]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in sklearn],
+        [p["probabilities"] for p in predictions],
+        rtol=1e-4,
+        atol=1e-5,
+    )
     both = client.post(
         "/v1/models/digits/predict",
         json={"instance": rows[0], "parameters": {"outputs": ["label", "probabilities"]}},
