@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,39 @@ def build_zoo(repo: Path, example_repo: Path) -> None:
     toml.write_text(toml.read_text().replace("shape = [64]", "shape = [-1]", 1))
     half = write_python_model(repo, "half-broken", versions=("1", "2"))
     (half / "2" / "model.py").write_text("raise ImportError('no such dependency')\n")
+    # The digits graph with no signature in model.toml: it serves the graph's own.
+    write_graph_model(repo, example_repo, "graph-signature", GRAPH_ONLY_TOML)
+    write_graph_model(repo, example_repo, "graph-outputs", GRAPH_OUTPUTS_TOML)
+    write_graph_model(repo, example_repo, "graph-no-scores", GRAPH_NO_SCORES_TOML)
+
+
+GRAPH_ONLY_TOML = """
+runtime = "onnx"
+[classification]
+output = "probabilities"
+labels = "labels.txt"
+"""
+GRAPH_OUTPUTS_TOML = """
+runtime = "onnx"
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [10]
+"""
+GRAPH_NO_SCORES_TOML = """
+runtime = "onnx"
+[classification]
+output = "scores"
+"""
+
+
+def write_graph_model(repo: Path, example_repo: Path, name: str, toml: str) -> None:
+    """The example digits ONNX graph as version 1 of `name`, with this model.toml."""
+    folder = repo / name
+    (folder / "1").mkdir(parents=True)
+    shutil.copy(example_repo / "digits" / "2" / "model.onnx", folder / "1" / "model.onnx")
+    shutil.copy(example_repo / "digits" / "labels.txt", folder / "labels.txt")
+    (folder / "model.toml").write_text(toml)
 
 
 @pytest.fixture(scope="session")

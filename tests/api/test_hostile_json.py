@@ -33,6 +33,9 @@ DIGIT = load_digits(return_X_y=True)[0][0].tolist()
 JSON = {"content-type": "application/json"}
 
 DIGEST_PIPELINE = """
+[input]
+upload = true
+
 [[steps]]
 name = "digest"
 function = "digest"

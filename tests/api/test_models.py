@@ -82,3 +82,39 @@ def test_unknown_model_detail_is_404(zoo: httpx.Client) -> None:
     response = zoo.get("/v1/models/nope")
     assert response.status_code == 404
     assert response.json()["code"] == "MODEL_NOT_FOUND"
+
+
+def test_an_onnx_model_without_a_signature_serves_its_graphs(zoo: httpx.Client) -> None:
+    v2 = zoo.get("/v2/models/graph-signature").json()
+    assert v2["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert v2["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+    ]
+    v1 = zoo.get("/v1/models/graph-signature").json()
+    assert v1["state"] == "READY"
+    assert v1["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [64]}]
+    assert v1["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": []},
+        {"name": "probabilities", "datatype": "FP32", "shape": [10]},
+    ]
+    row = [0, 0, 5, 13, 9, 1, 0, 0] * 8
+    same = zoo.post("/v1/models/digits/predict", json={"instance": row}).json()
+    graph = zoo.post("/v1/models/graph-signature/predict", json={"instance": row})
+    assert graph.status_code == 200, graph.text
+    assert graph.json()["predictions"][0]["class_id"] == same["predictions"][0]["class_id"]
+
+
+def test_declared_outputs_override_the_graphs(zoo: httpx.Client) -> None:
+    detail = zoo.get("/v1/models/graph-outputs").json()
+    assert detail["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [64]}]
+    assert detail["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [10]}]
+    answer = zoo.post("/v1/models/graph-outputs/predict", json={"instance": [0] * 64}).json()
+    assert set(answer["predictions"][0]) == {"probabilities"}
+
+
+def test_a_classification_output_the_graph_lacks_fails_the_load(zoo: httpx.Client) -> None:
+    detail = zoo.get("/v1/models/graph-no-scores").json()
+    assert detail["state"] == "FAILED"
+    assert "classification.output 'scores' is not an output" in detail["reason"]
+    assert "'probabilities'" in detail["reason"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
@@ -78,6 +80,78 @@ def test_top_k_and_output_selection(
 def test_raw_outputs_for_models_without_classification(zoo: httpx.Client) -> None:
     response = zoo.post("/v1/models/doubler/predict", json={"instances": [[1, 2], [3.5, -1]]})
     assert response.json()["predictions"] == [{"y": [2.0, 4.0]}, {"y": [7.0, -2.0]}]
+
+
+def test_raw_outputs_of_a_classification_model_by_name(
+    client: httpx.Client, held_out: tuple[np.ndarray, np.ndarray], photos: dict[str, bytes]
+) -> None:
+    rows = held_out[0][:2].tolist()
+    labelled = client.post("/v1/models/digits/predict", json={"instances": rows}).json()
+    raw = client.post(
+        "/v1/models/digits/predict",
+        json={"instances": rows, "parameters": {"outputs": ["probabilities"]}},
+    )
+    assert raw.status_code == 200, raw.text
+    predictions = raw.json()["predictions"]
+    assert [set(p) for p in predictions] == [{"probabilities"}, {"probabilities"}]
+    assert [int(np.argmax(p["probabilities"])) for p in predictions] == [
+        p["class_id"] for p in labelled["predictions"]
+    ]
+    sklearn = client.post(
+        "/v1/models/digits/versions/1/predict",
+        json={"instances": rows, "parameters": {"outputs": ["probabilities"]}},
+    ).json()["predictions"]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in sklearn],
+        [p["probabilities"] for p in predictions],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    both = client.post(
+        "/v1/models/digits/predict",
+        json={"instance": rows[0], "parameters": {"outputs": ["label", "probabilities"]}},
+    ).json()["predictions"][0]
+    assert both["label"] == labelled["predictions"][0]["class_id"]  # the graph's own label
+    assert len(both["probabilities"]) == 10
+    image = {"b64": base64.b64encode(photos["coffee.png"]).decode()}
+    scores = client.post(
+        "/v1/models/image-classifier/predict",
+        json={"instance": image, "parameters": {"outputs": ["probabilities"]}},
+    ).json()["predictions"][0]["probabilities"]
+    assert len(scores) == 1000
+    assert int(np.argmax(scores)) == 967
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "message"),
+    [
+        ("doubler", {"instance": [1, 2], "parameters": {"top_k": 2}}, "has no classification"),
+        ("digits", {"instance": [0] * 64, "parameters": {"outputs": ["nope"]}}, "unknown outputs"),
+        ("digits", {"instance": [0] * 64, "parameters": {"outputs": []}}, "at least one"),
+        (
+            "digits",
+            {"instance": [0] * 64, "parameters": {"top_k": 2, "outputs": ["label"]}},
+            "not both",
+        ),
+    ],
+)
+def test_parameters_a_model_cannot_honour_are_refused(
+    zoo: httpx.Client, model: str, body: dict[str, Any], message: str
+) -> None:
+    response = zoo.post(f"/v1/models/{model}/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "INVALID_INPUT"
+    assert message in response.json()["detail"]
+
+
+def test_top_k_in_a_form_for_a_model_without_classification_is_refused(
+    zoo: httpx.Client,
+) -> None:
+    response = zoo.post(
+        "/v1/models/bytes-one/predict", files=[("text", ("a.txt", b"ab"))], data={"top_k": "2"}
+    )
+    assert response.status_code == 422, response.text
+    assert "has no classification" in response.json()["detail"]
 
 
 def test_detail_levels(client: httpx.Client, held_out: tuple[np.ndarray, np.ndarray]) -> None:

@@ -47,6 +47,7 @@ def test_valid_config_and_version_overrides(tmp_path: Path) -> None:
         (VALID.replace('output = "p"', 'output = "q"'), "not an output"),
         (VALID.replace('datatype = "FP32"', 'datatype = "FLOAT"', 1), "datatype"),
         ("runtime = ", "not valid TOML"),
+        ("runtime = 'python'", "needs \\[\\[inputs\\]\\] and \\[\\[outputs\\]\\]"),
     ],
 )
 def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -57,3 +58,9 @@ def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: st
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="missing"):
         load_model_config(tmp_path / "model.toml")
+
+
+def test_an_onnx_model_may_leave_its_signature_to_the_graph(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, "runtime = 'onnx'\n[classification]\noutput = 'p'"))
+    assert config.inputs == []
+    assert config.outputs == []

@@ -125,6 +125,12 @@ PIPELINES = {
 def build_jobs_repo(repo: Path, example_repo: Path) -> None:
     for model in ("digits", "image-classifier", "efficientnet-lite0", "album-tagging"):
         copy_model(example_repo, model, repo)
+    # album-tagging with the option that fails a job on one undecodable image
+    strict = copy_model(example_repo, "album-tagging", repo / "_strict")
+    strict.rename(repo / "album-strict")
+    (repo / "_strict").rmdir()
+    toml = repo / "album-strict" / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('image = "report"', 'image = "fail"'))
     write_python_model(repo, "doubler", batching="[batching]\nmax_batch_size = 8\n")
     write_python_model(repo, "sleepy", delay_ms=4000, timeout_ms=60_000)
     for name, toml in PIPELINES.items():

@@ -83,6 +83,11 @@ def test_idempotency_key(jobs_env: JobsEnv) -> None:
             "VERSION_NOT_FOUND",
         ),
         ({"model": "digits", "input": {"instance": [1, 2]}}, 422, "INVALID_INPUT"),
+        (
+            {"model": "doubler", "input": {"instance": [1, 2], "parameters": {"top_k": 2}}},
+            422,
+            "INVALID_INPUT",
+        ),
         ({"model": "digits", "pipeline": "x", "input": {}}, 422, "INVALID_INPUT"),
         ({"model": "digits"}, 422, "INVALID_INPUT"),
         ({"model": "digits", "input": {"instance": [0] * 64}, "extra": 1}, 422, "INVALID_INPUT"),
@@ -233,10 +238,45 @@ def test_a_result_that_is_not_json_fails_the_job_cleanly(jobs_env: JobsEnv) -> N
 
 def test_a_job_cannot_name_someone_elses_upload(jobs_env: JobsEnv) -> None:
     body = {"pipeline": "album-tagging", "input": {"upload": {"filename": "x.zip"}}}
-    done = wait_job(jobs_env.client, submit(jobs_env.client, body).json()["id"])
-    assert done["status"] == "FAILED"
-    assert done["error"]["code"] == "INVALID_INPUT"
-    assert "no file was uploaded" in done["error"]["message"]
+    refused = submit(jobs_env.client, body)
+    assert refused.status_code == 422
+    assert "unknown fields ['input.upload']" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("input", "message"),
+    [
+        ({"foo": 1}, "unknown fields ['input.foo']; expected images"),
+        ({}, "'input.images' is required"),
+        ({"images": []}, "'input.images'"),
+        ({"images": [{"name": "a.jpg"}]}, "'input.images.0"),
+        ([1], "must be a JSON object"),
+    ],
+)
+def test_a_pipeline_input_is_checked_against_its_schema_at_submission(
+    jobs_env: JobsEnv, input: Any, message: str
+) -> None:
+    response = submit(jobs_env.client, {"pipeline": "album-tagging", "input": input})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "INVALID_INPUT"
+    assert message in problem["detail"]
+
+
+def test_files_go_only_where_they_are_taken(jobs_env: JobsEnv) -> None:
+    to_model = jobs_env.client.post(
+        "/v1/jobs", data={"model": "digits"}, files={"file": ("rows.json", b"[1, 2]")}
+    )
+    assert to_model.status_code == 422, to_model.text
+    detail = to_model.json()["detail"]
+    assert "model 'digits' takes JSON, not a file" in detail
+    assert '{"instance": ...}' in detail
+    assert "upload" not in detail  # no internal name
+    to_pipeline = jobs_env.client.post(
+        "/v1/jobs", data={"pipeline": "slow-steps"}, files={"file": ("a.zip", b"PK")}
+    )
+    assert to_pipeline.status_code == 422
+    assert "pipeline 'slow-steps' takes no file" in to_pipeline.json()["detail"]
 
 
 def test_failure_codes_name_the_step_and_are_not_retried(jobs_env: JobsEnv) -> None:
@@ -307,11 +347,38 @@ def test_album_tagging_zip_upload_and_a_bad_file(
     )
     assert response.status_code == 202, response.text
     done = wait_job(jobs_env.client, response.json()["id"])
-    assert done["status"] == "FAILED"
-    assert done["error"]["code"] == "INPUT_DECODE_FAILED"
-    assert "album/notes.jpg" in done["error"]["message"]
-    assert done["error"]["step"] == "decode"
+    assert done["status"] == "COMPLETED", done.get("error")
     assert done["metadata"] == {"album": "trip"}
+    result = jobs_env.client.get(f"/v1/jobs/{done['id']}/result").json()
+    assert [i["name"] for i in result["images"]] == ["album/coffee.png"]
+    assert result["images"][0]["labels"][0]["class_id"] == 967
+    assert result["errors"] == [
+        {
+            "name": "album/notes.jpg",
+            "code": "INPUT_DECODE_FAILED",
+            "reason": "not a decodable JPEG, PNG or WebP image",
+        }
+    ]
+    assert result["summary"]["images"] == 1
+    assert result["summary"]["undecodable"] == 1
+
+
+def test_an_album_option_fails_the_job_on_one_bad_image(
+    jobs_env: JobsEnv, photos: dict[str, bytes]
+) -> None:
+    images = [*photos_as_b64({"coffee.png": photos["coffee.png"]}), {"name": "x", "b64": "!!"}]
+    strict = submit(jobs_env.client, {"pipeline": "album-strict", "input": {"images": images}})
+    done = wait_job(jobs_env.client, strict.json()["id"])
+    assert done["status"] == "FAILED"
+    assert done["error"] == {
+        "code": "INPUT_DECODE_FAILED", "message": "'x' is not valid base64", "step": "decode",
+    }  # fmt: skip
+    bad = [{"name": "x", "b64": "!!"}, {"name": "y", "b64": base64.b64encode(b"no").decode()}]
+    lenient = submit(jobs_env.client, {"pipeline": "album-tagging", "input": {"images": bad}})
+    done = wait_job(jobs_env.client, lenient.json()["id"])
+    assert done["status"] == "FAILED"  # nothing left to tag
+    assert done["error"]["code"] == "INPUT_DECODE_FAILED"
+    assert "none of the album's 2 images decodes" in done["error"]["message"]
 
 
 def test_batch_with_some_bad_lines(jobs_env: JobsEnv) -> None:
@@ -391,6 +458,32 @@ def test_batch_submission_errors(jobs_env: JobsEnv) -> None:
         files={"file": ("rows.jsonl", b'{"custom_id": "a", "input": []}')},
     )
     assert bad_metadata.json()["code"] == "INVALID_INPUT"
+    top_k_for_no_classes = client.post(
+        "/v1/batches",
+        data={"model": "doubler", "options": '{"top_k": 2}'},
+        files={"file": ("rows.jsonl", b'{"custom_id": "a", "input": [1, 2]}')},
+    )
+    assert top_k_for_no_classes.status_code == 422
+    assert "has no classification" in top_k_for_no_classes.json()["detail"]
+
+
+def test_pipeline_batch_lines_are_checked_against_its_schema(jobs_env: JobsEnv) -> None:
+    lines = [
+        orjson.dumps({"custom_id": "foo", "input": {"foo": 1}}),
+        orjson.dumps({"custom_id": "empty", "input": {"images": []}}),
+    ]
+    response = jobs_env.client.post(
+        "/v1/batches?pipeline=album-tagging",
+        content=b"\n".join(lines),
+        headers={"content-type": "application/jsonl"},
+    )
+    assert response.status_code == 202, response.text
+    batch = jobs_env.client.get(f"/v1/batches/{response.json()['id']}").json()
+    assert batch["counts"]["refused"] == 2
+    refusals = {r["custom_id"]: r["error"] for r in batch["refusals"]}
+    assert "unknown fields ['input.foo']" in refusals["foo"]["message"]
+    assert "'input.images'" in refusals["empty"]["message"]
+    assert {e["code"] for e in refusals.values()} == {"INVALID_INPUT"}
 
 
 def test_a_batch_of_only_bad_lines_is_finished_at_once(jobs_env: JobsEnv) -> None:
@@ -485,3 +578,24 @@ def test_pipelines_are_listed(jobs_env: JobsEnv) -> None:
         "summarize",
     ]
     assert pipelines["album-tagging"]["steps"][2]["kind"] == "model"
+    album_input = pipelines["album-tagging"]["input"]
+    assert album_input["upload"] is True
+    assert album_input["schema"]["required"] == ["images"]
+    assert album_input["schema"]["properties"]["images"]["maxItems"] == 500
+    assert pipelines["album-tagging"]["options"] == {"on_undecodable_image": "report"}
+    assert pipelines["slow-steps"]["input"] == {
+        "schema": {"type": "object", "description": "Any JSON object."},
+        "upload": False,
+    }
+    one = jobs_env.client.get("/v1/pipelines/album-tagging")
+    assert one.json() == pipelines["album-tagging"]
+    missing = jobs_env.client.get("/v1/pipelines/nope")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "PIPELINE_NOT_FOUND"
+    components = jobs_env.client.get("/openapi.json").json()["components"]["schemas"]
+    documented = components["PipelineInput.album-tagging"]
+    assert documented["properties"]["images"]["items"]["anyOf"][1] == {
+        "$ref": "#/components/schemas/PipelineInput.album-tagging.AlbumImage"
+    }
+    assert "PipelineInput.album-tagging.AlbumImage" in components
+    assert "pipeline 'album-tagging' (or upload a file)" in documented["description"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplex.errors import PipelineNotFound
+from modelplex.errors import InvalidInput, PipelineNotFound
 from modelplex.jobs.pipelines import Pipeline, PipelineRegistry, PipelineState
 from tests.jobs.units import write_pipeline
 
@@ -21,6 +21,13 @@ async def classify(ctx, data):
     return data
 
 not_a_function = 3
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Rows(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[list[float]] = Field(min_length=1)
 """
 
 VALID = """
@@ -85,6 +92,8 @@ def test_describe(tmp_path: Path) -> None:
         "state": "READY",
         "description": "Tag an album of photos",
         "reason": None,
+        "input": {"schema": {"type": "object", "description": "Any JSON object."}, "upload": False},
+        "options": {},
         "steps": [
             {
                 "name": "decode",
@@ -239,3 +248,48 @@ def test_an_unknown_pipeline_is_not_found(tmp_path: Path) -> None:
 
 def test_a_missing_repository_has_no_pipelines(tmp_path: Path) -> None:
     assert load(tmp_path / "absent").all() == []
+
+
+SCHEMA = (
+    ONE_STEP
+    + """
+[input]
+schema = "Rows"
+upload = true
+
+[options]
+strict = true
+"""
+)
+
+
+def test_an_input_schema_is_checked_and_described(tmp_path: Path) -> None:
+    pipeline = load_one(tmp_path, SCHEMA)
+    assert pipeline.state is PipelineState.READY, pipeline.reason
+    assert pipeline.accepts_upload
+    described = pipeline.describe()
+    assert described["input"]["schema"]["properties"]["rows"]["minItems"] == 1
+    assert described["options"] == {"strict": True}
+    pipeline.check_input({"rows": [[1, 2]]})
+    for document, message in [
+        ({"foo": 1}, "unknown fields ['input.foo']"),
+        ({}, "'input.rows' is required"),
+        ({"rows": [["x"]]}, "'input.rows.0.0'"),
+        ([1], "must be a JSON object"),
+    ]:
+        with pytest.raises(InvalidInput) as refused:
+            pipeline.check_input(document)
+        assert message in refused.value.message
+        assert "pipeline 'p'" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [("Missing", "no pydantic model Missing"), ("not_a_function", "no pydantic model")],
+)
+def test_an_input_schema_that_is_not_a_model_fails_the_load(
+    tmp_path: Path, schema: str, message: str
+) -> None:
+    pipeline = load_one(tmp_path, SCHEMA.replace('"Rows"', f'"{schema}"'))
+    assert pipeline.state is PipelineState.FAILED
+    assert message in (pipeline.reason or "")

@@ -45,6 +45,8 @@ shape = []
 name = "scaled"
 datatype = "FP32"
 shape = [2]
+[classification]
+output = "scaled"
 """
 MIXED_CODE = """
 import numpy as np
@@ -139,9 +141,11 @@ async def test_a_checked_request_survives_the_store_exactly(repo: Repo) -> None:
 
 
 async def test_options_are_kept(repo: Repo) -> None:
-    with_options = stored(checked_request(repo, top_k=3, outputs=["total"]))
-    request, _ = requests.decode(with_options, "mixed", "1")
+    with_top_k = stored(checked_request(repo, top_k=3))
+    request, _ = requests.decode(with_top_k, "mixed", "1")
     assert request.top_k == 3
+    with_outputs = stored(checked_request(repo, outputs=["total"]))
+    request, _ = requests.decode(with_outputs, "mixed", "1")
     assert list(request.outputs or []) == ["total"]
     without = stored(checked_request(repo))
     request, _ = requests.decode(without, "mixed", "1")

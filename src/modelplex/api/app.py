@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Scope
 from modelplex import __version__ as modelplex_version
 from modelplex.api import routes_jobs, routes_v1, routes_v2
 from modelplex.api.middleware import RequestContextMiddleware
-from modelplex.api.openapi import build_document
+from modelplex.api.openapi import build_document, with_pipeline_inputs
 from modelplex.api.problems import install_handlers
 from modelplex.api.schemas import Problem
 from modelplex.app import Modelplex
@@ -42,7 +42,9 @@ class ModelplexApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if not self.openapi_schema:
             self.openapi_schema = build_document(self, BODY_SCHEMAS)
-        return self.openapi_schema
+        # Pipelines load after the app is built: their inputs are added on each read.
+        modelplex: Modelplex = self.state.modelplex
+        return with_pipeline_inputs(self.openapi_schema, modelplex.pipelines.all())
 
 
 def create_app(modelplex: Modelplex) -> FastAPI:

@@ -91,7 +91,9 @@ class JobSubmit(_Target):
 
     input: Any = Field(
         description="Model jobs: a /v1 predict body ({instance} or {instances}, parameters); "
-        "pipelines: their input object, e.g. album-tagging's {images: [base64, ...]}."
+        "pipelines: their input object, e.g. album-tagging's {images: [base64, ...]}, checked "
+        "at submission against the schema the pipeline declares (GET /v1/pipelines, and "
+        "this document's `PipelineInput.{pipeline}` components)."
     )
     callback_url: str | None = Field(
         None, description="Receives signed webhooks (Standard Webhooks)."
@@ -113,7 +115,10 @@ class JobSubmitForm(_Target):
     model: FormText = None
     pipeline: FormText = None
     version: FormText = None
-    file: bytes = Field(description="The job's input file; steps read it with read_upload().")
+    file: bytes = Field(
+        description="The job's input file, for a pipeline that takes one (`input.upload` in "
+        "GET /v1/pipelines); steps read it with read_upload(). Model jobs take JSON."
+    )
     callback_url: FormText = None
     callback_events: Annotated[list[CallbackEvent], BeforeValidator(_comma_separated)] = Field(
         default_factory=list, description="Comma-separated."

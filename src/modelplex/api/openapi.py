@@ -8,10 +8,13 @@
   strings) and is removed.
 * The error table (every code, its statuses and whether it is retryable) is
   part of the description, generated from `error_map`.
+* Each loaded pipeline's input schema is a component, `PipelineInput.{name}`:
+  what `input` must be in a job for that pipeline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 from modelplex.api.openapi_docs import json_content
 from modelplex.api.problems import is_v2_path
 from modelplex.error_map import rows
+from modelplex.jobs.pipelines import Pipeline, PipelineState
 
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
@@ -46,6 +50,34 @@ def build_document(app: FastAPI, body_schemas: tuple[type[BaseModel], ...]) -> d
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
     return document
+
+
+def with_pipeline_inputs(document: dict[str, Any], pipelines: Iterable[Pipeline]) -> dict[str, Any]:
+    """`document` (left as it is) plus a component per ready pipeline's input schema."""
+    added: dict[str, Any] = {}
+    for pipeline in pipelines:
+        if pipeline.state is not PipelineState.READY:
+            continue
+        name = f"PipelineInput.{pipeline.name}"
+        if pipeline.input_model is None:
+            schema = dict(pipeline.input_schema)
+        else:
+            schema = pipeline.input_model.model_json_schema(
+                ref_template=f"#/components/schemas/{name}.{{model}}"
+            )
+            for nested, definition in schema.pop("$defs", {}).items():
+                added[f"{name}.{nested}"] = definition
+        upload = " (or upload a file)" if pipeline.accepts_upload else ""
+        schema["description"] = (
+            f"`input` of a job for pipeline '{pipeline.name}'{upload}. "
+            + schema.get("description", "")
+        ).strip()
+        added[name] = schema
+    if not added:
+        return document
+    components = dict(document.get("components", {}))
+    components["schemas"] = {**components.get("schemas", {}), **added}
+    return {**document, "components": components}
 
 
 def _replace_fastapi_validation(path: str, operation: dict[str, Any]) -> None:

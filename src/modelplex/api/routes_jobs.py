@@ -14,7 +14,14 @@ from modelplex.api import payloads
 from modelplex.api.bodies import BatchFields, BatchForm, JobSubmit, JobSubmitForm
 from modelplex.api.deps import modelplex_of
 from modelplex.api.openapi_docs import problem_responses, query_parameters, schema_ref
-from modelplex.api.schemas import BatchView, DeliveryList, JobList, JobView, PipelineList
+from modelplex.api.schemas import (
+    BatchView,
+    DeliveryList,
+    JobList,
+    JobView,
+    PipelineList,
+    PipelineView,
+)
 from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_view
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
@@ -321,9 +328,25 @@ async def _jsonl(service: BatchService, batch_id: str, *, errors: bool) -> Respo
     return StreamingResponse(body(), media_type="application/jsonl")
 
 
-@router.get("/v1/pipelines", tags=["jobs"], response_model=PipelineList, summary="List pipelines")
+@router.get(
+    "/v1/pipelines",
+    tags=["jobs"],
+    response_model=PipelineList,
+    summary="List pipelines: steps, state, and the input each takes",
+)
 async def list_pipelines(request: Request) -> Response:
     return _json({"pipelines": [p.describe() for p in _jobs(request).pipelines.all()]})
+
+
+@router.get(
+    "/v1/pipelines/{pipeline}",
+    tags=["jobs"],
+    response_model=PipelineView,
+    summary="A pipeline: steps, state, and the input it takes",
+    responses=problem_responses(errors.PipelineNotFound),
+)
+async def get_pipeline(request: Request, pipeline: str) -> Response:
+    return _json(_jobs(request).pipelines.get(pipeline).describe())
 
 
 REQUEST_SCHEMAS = (JobSubmit, JobSubmitForm, BatchForm, BatchFields)

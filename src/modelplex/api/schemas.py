@@ -237,5 +237,35 @@ class BatchView(BaseModel):
     links: dict[str, str]
 
 
+class PipelineStep(BaseModel):
+    name: str
+    kind: Literal["function", "model"]
+    model: str | None
+    timeout_s: float
+    max_attempts: int
+
+
+class PipelineInputSpec(BaseModel):
+    """What a job for the pipeline takes, checked at submission."""
+
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="JSON Schema of the job's JSON `input` (also in this document's "
+        "components, as `PipelineInput.{pipeline}`).",
+    )
+    upload: bool = Field(description="Whether a file may be uploaded (multipart `file`) instead.")
+
+
+class PipelineView(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    state: Literal["READY", "FAILED"]
+    description: str
+    reason: str | None
+    input: PipelineInputSpec
+    options: dict[str, Any] = Field(description="The pipeline's own settings, for its steps.")
+    steps: list[PipelineStep]
+
+
 class PipelineList(BaseModel):
-    pipelines: list[dict[str, Any]]
+    pipelines: list[PipelineView]

@@ -127,7 +127,9 @@ class DataPlane:
         if request.outputs is not None:
             outputs = {name: outputs[name] for name in request.outputs}
         classes = None
-        if served.classifier is not None:
+        # Outputs asked for by name are answered raw; labelled classes only when
+        # none are named or top_k asks for them too (V2's classification extension).
+        if served.classifier is not None and (request.outputs is None or request.top_k):
             scores = batch.outputs[served.classifier.output]
             classes = served.classifier.top_k(scores, request.top_k or 1)
         timings.postprocess_s = time.perf_counter() - post_start

@@ -62,16 +62,18 @@ def parse(envelope: type[E], document: Any, what: str = "the body") -> E:
         raise InvalidInput(describe(exc, envelope)) from None
 
 
-def describe(exc: ValidationError, envelope: type[BaseModel]) -> str:
-    """One readable sentence for a pydantic error (the first problems, not a dump)."""
+def describe(exc: ValidationError, envelope: type[BaseModel], at: str = "") -> str:
+    """One readable sentence for a pydantic error (the first problems, not a dump);
+    `at`: the path of the validated document in its request (e.g. `input`)."""
+    prefix: tuple[str, ...] = (at,) if at else ()
     extra = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
     if extra:
-        unknown = [_dotted(loc) for loc in extra]
+        unknown = [_dotted((*prefix, *loc)) for loc in extra]
         fields = ", ".join(_model_at(envelope, extra[0][:-1]).model_fields)
         return f"unknown fields {unknown}; expected {fields}"
     problems = []
     for error in exc.errors()[:3]:
-        where = _dotted(error["loc"])
+        where = _dotted((*prefix, *error["loc"]))
         if error["type"] == "missing":
             problems.append(f"'{where}' is required")
             continue

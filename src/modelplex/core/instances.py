@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from modelplex.core.envelopes import Envelope, JsonInt, parse
 from modelplex.core.registry import ServedVersion
-from modelplex.core.tensors import Array, TensorSpec, row_to_json, to_tensor
+from modelplex.core.tensors import Array, TensorSpec, json_ready, row_to_json, to_tensor
 from modelplex.core.types import ClassScore, InferenceResult
 from modelplex.core.validation import check_row_count
 from modelplex.errors import InvalidInput
@@ -44,10 +43,25 @@ def instances_to_tensors(instances: list[Any], specs: tuple[TensorSpec, ...]) ->
 
 
 class PredictParameters(Envelope):
+    """What a prediction answers; a parameter the model cannot honour is refused."""
+
     top_k: JsonInt | None = Field(
-        None, description="Classification models: classes per instance (at least 1)."
+        None,
+        description="Classification models only: labelled classes per instance (at least 1).",
     )
-    outputs: list[str] | None = Field(None, description="Outputs to return (default: all).")
+    outputs: list[str] | None = Field(
+        None,
+        description="Outputs to return raw, by name (default: all; for a classification "
+        "model, its labelled classes). Not together with top_k.",
+    )
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> PredictParameters:
+        if self.top_k is not None and self.outputs is not None:
+            raise ValueError(
+                "send top_k (labelled classes) or outputs (raw outputs by name), not both"
+            )
+        return self
 
 
 class PredictRequest(Envelope):
@@ -119,8 +133,7 @@ def predictions_json(result: InferenceResult, top_k: int | None) -> list[dict[st
                 entry["top_k"] = [class_json(s) for s in row]
             predictions.append(entry)
         return predictions
-    # orjson serialises only C-contiguous arrays; a model may return any layout.
-    outputs = {name: np.ascontiguousarray(t) for name, t in result.outputs.items()}
+    outputs = {name: json_ready(t) for name, t in result.outputs.items()}
     return [
         {name: row_to_json(tensor, i) for name, tensor in outputs.items()}
         for i in range(result.rows)

@@ -123,9 +123,18 @@ class VersionLoader:
                 module_name=module_name_for("model", entry.name, version),
             )
         )
+        # An onnx model without a declared signature serves its graph's.
+        inputs = inputs or runtime.inputs
+        outputs = outputs or runtime.outputs
         classifier = None
         if config.classification:
-            scores = next(o for o in outputs if o.name == config.classification.output)
+            scores = next((o for o in outputs if o.name == config.classification.output), None)
+            if scores is None:
+                runtime.close()
+                raise ModelLoadError(
+                    f"classification.output '{config.classification.output}' is not an output "
+                    f"(the model has {[o.name for o in outputs]})"
+                )
             classes = scores.shape[-1] if scores.shape else 0
             classifier = Classifier(config.classification, entry.labels, max(classes, 0))
         stats = ModelStats()
@@ -142,7 +151,7 @@ class VersionLoader:
             outputs=outputs,
             runtime=runtime,
             batcher=self._batcher(
-                f"{entry.name}:{version}", config, runtime, executor, stats, kind
+                f"{entry.name}:{version}", config, runtime, executor, stats, kind, outputs
             ),
             executor=executor,
             stats=stats,
@@ -159,6 +168,7 @@ class VersionLoader:
         executor: ThreadPoolExecutor,
         stats: ModelStats,
         kind: RuntimeKind,
+        outputs: tuple[TensorSpec, ...],
     ) -> Batcher:
         """The model's batching settings, with the server's defaults filling the gaps."""
         batching, settings = config.batching, self._settings
@@ -174,7 +184,7 @@ class VersionLoader:
             name,
             runtime.predict,
             executor,
-            output_names=[o.name for o in config.outputs],
+            output_names=[o.name for o in outputs],
             max_batch_size=batch,
             max_batch_delay_s=delay_ms / 1000,
             max_queue_rows=queue,

@@ -129,8 +129,10 @@ class ModelConfig(_Strict):
     """File inside each version folder; defaults by runtime (model.onnx, ...)."""
     default_version: str | None = None
     timeout_ms: int | None = Field(default=None, gt=0)
-    inputs: list[TensorConfig] = Field(min_length=1)
-    outputs: list[TensorConfig] = Field(min_length=1)
+    inputs: list[TensorConfig] = Field(default_factory=list)
+    """The signature clients send; an onnx model's default is its graph's inputs."""
+    outputs: list[TensorConfig] = Field(default_factory=list)
+    """What it answers; an onnx model's default is its graph's outputs."""
     batching: BatchingConfig = BatchingConfig()
     classification: ClassificationConfig | None = None
     preprocessing: ImagePreprocessing | None = None
@@ -147,7 +149,13 @@ class ModelConfig(_Strict):
         out_names = [t.name for t in self.outputs]
         if len(set(out_names)) != len(out_names):
             raise ValueError("output names must be unique")
-        if self.classification and self.classification.output not in out_names:
+        if self.runtime is not RuntimeKind.ONNX and not (self.inputs and self.outputs):
+            raise ValueError(
+                f"runtime '{self.runtime}' needs [[inputs]] and [[outputs]] (only onnx "
+                "reads its signature from the model file)"
+            )
+        # Undeclared outputs come from the graph: the loader checks the name then.
+        if self.outputs and self.classification and self.classification.output not in out_names:
             raise ValueError(
                 f"classification.output '{self.classification.output}' is not an output"
             )

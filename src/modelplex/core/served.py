@@ -115,6 +115,8 @@ class ModelEntry:
 
     def info(self) -> ModelInfo:
         config = self.config
+        # The default version's signature: an onnx model's may come from its graph.
+        default = self.versions.get(self.default_version or "")
         ordered = sorted(self.versions, key=version_sort_key)
         failed = sorted(self.failures, key=version_sort_key)
         return ModelInfo(
@@ -127,8 +129,16 @@ class ModelEntry:
                 *(self.versions[v].info for v in ordered),
                 *(self.failures[v].info() for v in failed),
             ),
-            inputs=tuple(t.spec() for t in config.inputs) if config else (),
-            outputs=tuple(t.spec() for t in config.outputs) if config else (),
+            inputs=default.inputs
+            if default
+            else tuple(t.spec() for t in config.inputs)
+            if config
+            else (),
+            outputs=default.outputs
+            if default
+            else tuple(t.spec() for t in config.outputs)
+            if config
+            else (),
             labels=tuple(self.labels) if self.labels is not None else None,
             preprocessing=config.preprocessing.model_dump()
             if config and config.preprocessing

@@ -200,6 +200,19 @@ def decode_base64(text: str, what: str = "value") -> bytes:
         raise InvalidInput(f"{what} is not valid base64") from None
 
 
+_LONG_LONG = {"q": np.dtype(np.int64), "Q": np.dtype(np.uint64)}
+
+
+def json_ready(tensor: Array) -> Array:
+    """`tensor` as orjson serialises it: C-contiguous (a model may return any
+    layout), and 64-bit integers as numpy's `int64`/`uint64` rather than
+    `longlong`, the same bits under another type that orjson does not know
+    (ONNX Runtime returns INT64 so; a scalar row of one would not serialise)."""
+    tensor = np.ascontiguousarray(tensor)
+    same_bits = _LONG_LONG.get(tensor.dtype.char)
+    return tensor.view(same_bits) if same_bits is not None else tensor
+
+
 def row_to_json(tensor: Array, row: int) -> Any:
     """One instance of an output as JSON-ready values (numeric rows stay numpy:
     orjson serialises them natively); BYTES become text, or {"b64": ...} if binary."""

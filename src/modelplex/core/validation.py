@@ -95,10 +95,18 @@ def check_inputs(served: ServedVersion, inputs: Mapping[str, Array]) -> int:
 
 
 def check_options(served: ServedVersion, outputs: Sequence[str] | None, top_k: object) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise InvalidInput("top_k (classes per instance) must be a positive integer")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidInput("top_k (classes per instance) must be a positive integer")
+        if served.classifier is None:  # a parameter the model cannot honour is refused
+            raise InvalidInput(
+                f"model '{served.model}' has no classification, so top_k does not apply; "
+                f"it answers its outputs {[o.name for o in served.outputs]}"
+            )
     if outputs is not None:
         known = {o.name for o in served.outputs}
+        if not outputs:
+            raise InvalidInput(f"outputs must name at least one of {sorted(known)}")
         unknown = [name for name in outputs if name not in known]
         if unknown:
             raise InvalidInput(f"unknown outputs {unknown}; the model has {sorted(known)}")

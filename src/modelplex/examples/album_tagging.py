@@ -2,16 +2,21 @@
 
 Steps (declared in the pipeline's `pipeline.toml`, see `build`):
 
-1. `decode`: read the images (base64 strings, `{"name", "b64"}` objects, or a
-   zip archive upload, read one entry at a time within `ARCHIVE_LIMITS`),
-   refuse any that is not a JPEG, PNG or WebP image (INPUT_DECODE_FAILED names
-   the file), and pre-process each the way EfficientNet-Lite expects. An
-   archive that cannot be read safely (corrupt, truncated, encrypted, too many
-   entries, a zip bomb) is INVALID_INPUT, never retried.
+1. `decode`: read the images (base64 strings, `{"name", "b64"}` objects, as
+   `AlbumInput` declares, or a zip archive upload, read one entry at a time
+   within `ARCHIVE_LIMITS`) and pre-process each the way EfficientNet-Lite
+   expects. A file that is not a decodable JPEG, PNG or WebP image becomes an
+   entry of the result's `errors` (its name, INPUT_DECODE_FAILED and the
+   reason) and the others are tagged; with the pipeline option
+   `on_undecodable_image = "fail"` it fails the job instead, and an album of
+   which no image decodes fails either way. An archive that cannot be read
+   safely (corrupt, truncated, encrypted, too many entries, a zip bomb) is
+   INVALID_INPUT, never retried.
 2. `features`: per image a perceptual hash (dHash), brightness and dominant
    colour; near-identical photos are grouped as duplicates.
 3. `classify`: the `efficientnet-lite0` model from the repository, in batches.
-4. `summarize`: each image's top labels, and the album's top tags.
+4. `summarize`: each image's top labels, the album's top tags, and the
+   images that did not decode (`errors`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from modelplex.core.model_config import ImagePreprocessing
 from modelplex.core.preprocessing import ImagePreprocessor
@@ -47,9 +53,46 @@ PREPROCESSING = ImagePreprocessing(
     input="image", output="input", size=224, crop_fraction=0.875, mean=127.0, std=128.0
 )
 
+DECODE_FAILED = "INPUT_DECODE_FAILED"
+UndecodablePolicy = Literal["report", "fail"]
+
+
+class AlbumImage(BaseModel):
+    """One photo with its name (shown in the result and its errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=1024)
+    b64: str = Field(description="The base64 of a JPEG, PNG or WebP file.")
+
+
+class AlbumInput(BaseModel):
+    """album-tagging's JSON input (or upload a zip archive of the photos as `file`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": [{"name": "cat.jpg", "b64": "/9j/4AAQ..."}]}]},
+    )
+
+    images: list[str | AlbumImage] = Field(
+        min_length=1,
+        max_length=MAX_IMAGES,
+        description="The photos: base64 strings, or {name, b64} objects.",
+    )
+
+
 PIPELINE_TOML = """\
 description = "Tag an album of photos: per-image labels, top tags, duplicates"
 max_attempts = 2
+
+[input]
+schema = "AlbumInput"
+upload = true
+
+[options]
+# "report": an image that does not decode is an entry of the result's errors;
+# "fail": it fails the job.
+on_undecodable_image = "report"
 
 [[steps]]
 name = "decode"
@@ -83,6 +126,7 @@ from pathlib import Path
 
 from modelplex.examples import album_tagging
 
+AlbumInput = album_tagging.AlbumInput
 decode = album_tagging.decode
 features = album_tagging.features
 summarize = album_tagging.summarizer(Path(__file__).with_name("labels.txt"))
@@ -97,7 +141,9 @@ def build(folder: Path, labels: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _files(ctx: StepContext, data: Any) -> Iterator[tuple[int, Iterator[tuple[str, bytes]]]]:
+def _files(
+    ctx: StepContext, data: Any
+) -> Iterator[tuple[int, Iterator[tuple[str, bytes | _Undecodable]]]]:
     """How many images there are, then each (name, content) in turn: an archive's
     entries are read one at a time, so only one is ever in memory."""
     if not isinstance(data, dict):
@@ -111,55 +157,105 @@ def _files(ctx: StepContext, data: Any) -> Iterator[tuple[int, Iterator[tuple[st
                 raise InvalidInput(f"at most {MAX_IMAGES} images per album")
             yield len(members), ((m.filename, archive.read(m)) for m in members)
         return
+    # The shape was checked at submission against AlbumInput; this is a second
+    # line for a job stored before that (or a batch line).
     images = data.get("images")
     if not isinstance(images, list) or not images:
         raise InvalidInput("'images' must be a non-empty list")
     if len(images) > MAX_IMAGES:
         raise InvalidInput(f"at most {MAX_IMAGES} images per album")
-    files = []
+    named = []
     for i, item in enumerate(images):
         name, text = (item.get("name"), item.get("b64")) if isinstance(item, dict) else (None, item)
-        name = str(name or f"images[{i}]")
-        if not isinstance(text, str):
-            raise StepError("INPUT_DECODE_FAILED", f"'{name}' is not a base64 string")
-        try:
-            files.append((name, base64.b64decode(text, validate=True)))
-        except (binascii.Error, ValueError):
-            raise StepError("INPUT_DECODE_FAILED", f"'{name}' is not valid base64") from None
-    yield len(files), iter(files)
+        named.append((str(name or f"images[{i}]"), text))
+    yield len(named), ((name, _b64_file(name, text)) for name, text in named)
+
+
+class _Undecodable(Exception):
+    """Why one image cannot be used: an error of that image alone."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _b64_file(name: str, text: Any) -> bytes | _Undecodable:
+    """The file, or why it cannot be read."""
+    if not isinstance(text, str):
+        return _Undecodable("not a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return _Undecodable("not valid base64")
 
 
 def _hidden(path: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in path.split("/"))
 
 
+def _policy(ctx: StepContext) -> UndecodablePolicy:
+    policy = ctx.options.get("on_undecodable_image", "report")
+    if policy not in ("report", "fail"):
+        raise ValueError(f"on_undecodable_image must be 'report' or 'fail', not {policy!r}")
+    return "fail" if policy == "fail" else "report"
+
+
 def decode(ctx: StepContext, data: Any) -> dict[str, Any]:
+    policy = _policy(ctx)
     with _files(ctx, data) as (count, files):
         if not count:
             raise InvalidInput("the album has no images")
         preprocessor = ImagePreprocessor(PREPROCESSING, MAX_IMAGE_PIXELS)
         names: list[str] = []
+        errors: list[dict[str, str]] = []
         pixels = np.empty((count, 3, 224, 224), dtype=np.float32)
         thumbs = np.empty((count, THUMB - 1, THUMB), dtype=np.float32)
         colours = np.empty((count, 3), dtype=np.float32)
         for i, (name, content) in enumerate(files):
             ctx.check_cancelled()
-            one = np.empty(1, dtype=object)
-            one[0] = content
             try:
-                tensor = preprocessor({"image": one}).inputs["input"][0]
-            except InvalidInput:
-                raise StepError(
-                    "INPUT_DECODE_FAILED", f"'{name}' is not a decodable JPEG, PNG or WebP image"
-                ) from None
+                tensor = _pixels(preprocessor, content)
+            except _Undecodable as failure:
+                if policy == "fail":
+                    raise StepError(DECODE_FAILED, f"'{name}' is {failure.reason}") from None
+                errors.append({"name": name, "code": DECODE_FAILED, "reason": failure.reason})
+                ctx.progress((i + 1) / count)
+                continue
+            row = len(names)
             names.append(name)
-            pixels[i] = tensor
+            pixels[row] = tensor
             rgb = tensor * PREPROCESSING.std + PREPROCESSING.mean  # back to 0..255 for features
-            colours[i] = rgb.reshape(3, -1).mean(axis=1)
+            colours[row] = rgb.reshape(3, -1).mean(axis=1)
             grey = rgb.mean(axis=0)
-            thumbs[i] = _shrink(grey, THUMB - 1, THUMB)
+            thumbs[row] = _shrink(grey, THUMB - 1, THUMB)
             ctx.progress((i + 1) / count)
-    return {"names": names, "input": pixels, "thumbs": thumbs, "colours": colours}
+    if not names:  # nothing to tag: the album as a whole is unusable
+        first = errors[0]
+        raise StepError(
+            DECODE_FAILED,
+            f"none of the album's {len(errors)} images decodes ('{first['name']}' is "
+            f"{first['reason']})",
+        )
+    kept = len(names)
+    return {
+        "names": names,
+        "input": pixels[:kept],
+        "thumbs": thumbs[:kept],
+        "colours": colours[:kept],
+        "errors": errors,
+    }
+
+
+def _pixels(preprocessor: ImagePreprocessor, content: bytes | _Undecodable) -> Array:
+    if isinstance(content, _Undecodable):
+        raise content
+    one = np.empty(1, dtype=object)
+    one[0] = content
+    try:
+        tensor: Array = preprocessor({"image": one}).inputs["input"][0]
+    except InvalidInput:
+        raise _Undecodable("not a decodable JPEG, PNG or WebP image") from None
+    return tensor
 
 
 def _shrink(image: Array, rows: int, cols: int) -> Array:
@@ -229,10 +325,13 @@ def summarizer(labels_path: Path) -> Any:
                     "dhash": data["hashes"][i],
                 }
             )
+        errors: list[dict[str, str]] = data.get("errors", [])
         return {
             "images": images,
+            "errors": errors,
             "summary": {
                 "images": len(names),
+                "undecodable": len(errors),
                 "top_tags": [{"label": t, "count": n} for t, n in tags.most_common(10)],
                 "duplicates": [[names[i] for i in group] for group in data["duplicates"]],
                 "mean_brightness": round(float(np.mean(data["brightness"])), 4),

@@ -10,7 +10,7 @@ are (under 100 MiB at `max_batch_lines` = 1,000,000).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from modelplex.core import jsonlimits
@@ -80,10 +80,19 @@ def _first_end(data: bytes, start: int) -> int:
 class LineParser:
     """Parses blocks of lines in order (one block at a time: it keeps state)."""
 
-    def __init__(self, max_lines: int, limits: JsonLimits, chunk_size: int) -> None:
+    def __init__(
+        self,
+        max_lines: int,
+        limits: JsonLimits,
+        chunk_size: int,
+        check_input: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`check_input`: raises InvalidInput for a line's input the target refuses
+        (a pipeline's input schema), so that the line is refused at submission."""
         self.max_lines = max_lines
         self.limits = limits
         self.chunk_size = chunk_size
+        self._check_input = check_input
         self.lines = 0
         """Lines read so far, blank ones included (line numbers count them)."""
         self.valid = 0
@@ -142,6 +151,12 @@ class LineParser:
         if "input" not in line or set(line) - {"custom_id", "input"}:
             refused.append(_refused(number, custom_id, "a line holds custom_id and input only"))
             return None
+        if self._check_input is not None:
+            try:
+                self._check_input(line["input"])
+            except InvalidInput as exc:
+                refused.append(_refused(number, custom_id, exc.message))
+                return None
         self.valid += 1
         return {"custom_id": custom_id, "input": line["input"]}
 

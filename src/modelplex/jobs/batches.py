@@ -30,6 +30,7 @@ from modelplex.core import offload
 from modelplex.core.envelopes import parse
 from modelplex.core.instances import PredictParameters
 from modelplex.core.jsonlimits import JsonLimits
+from modelplex.core.validation import check_options
 from modelplex.errors import (
     BatchNotFound,
     InternalError,
@@ -75,19 +76,26 @@ class BatchService:
         (`batch_lines`); an error raised while reading it (a body over its limit, a
         file over `max_batch_lines`) leaves no batch and no blob behind."""
         settings = self.jobs.settings
+        check_input = None
         if kind is JobKind.MODEL:
             version = await self.jobs.pin_version(target, version)
         else:
             pipeline = self.jobs.pipelines.get(target)
             if pipeline.config is None:
                 raise PipelineNotReady(f"pipeline '{target}' is not ready: {pipeline.reason}")
+            check_input = pipeline.check_input  # a line its schema refuses is refused now
         if options is not None:
             if kind is not JobKind.MODEL:
                 raise InvalidInput("options (top_k, outputs) apply to model batches only")
-            parse(PredictParameters, options, "options")
+            parameters = parse(PredictParameters, options, "options")
+            # Refused now, not on every line: the pinned version cannot honour them.
+            served = self.jobs.dataplane.resolve(target, version)
+            check_options(served, parameters.outputs, parameters.top_k)
         check_metadata(metadata)
         limits = JsonLimits.of(settings)
-        parser = LineParser(settings.max_batch_lines, limits, settings.batch_chunk_size)
+        parser = LineParser(
+            settings.max_batch_lines, limits, settings.batch_chunk_size, check_input
+        )
         refs: list[str] = []
 
         async def part(valid: list[dict[str, Any]], refused: list[dict[str, Any]]) -> BatchPart:

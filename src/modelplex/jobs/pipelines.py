@@ -9,6 +9,13 @@ A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
     description = "Tag an album of photos"
     max_attempts = 2                 # job-level attempts (worker crashes, retryable errors)
 
+    [input]
+    schema = "AlbumInput"            # a pydantic model in steps.py: the JSON input's schema
+    upload = true                    # a file may be uploaded instead (default: false)
+
+    [options]                        # the pipeline's own settings, for its steps: ctx.options
+    on_undecodable_image = "report"
+
     [[steps]]
     name = "decode"
     function = "decode"              # a function in steps.py: f(ctx, data) -> data
@@ -21,6 +28,12 @@ A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
     input = "pixels"                 # data key holding its input tensor (default: its input name)
     output = "scores"                # data key for its outputs (default: the step name)
     batch_size = 32
+
+A job's JSON input is checked at submission against the `[input] schema`
+(INVALID_INPUT naming the field; without a schema any JSON object is taken),
+and a file upload is refused unless `[input] upload` allows it, so a job is not
+accepted only to fail on its first step. The schema is shown in
+`GET /v1/pipelines` and in the OpenAPI document.
 
 Each step receives the previous step's `data` (the first step, the job's input)
 and returns the next. A function may be sync (run on a thread) or async. Steps
@@ -47,12 +60,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from modelplex.core.envelopes import describe
 from modelplex.core.model_config import read_toml_config
 from modelplex.core.tensors import Array
 from modelplex.core.user_code import import_user_module, module_name_for
-from modelplex.errors import JobCancelled, PipelineLoadError, PipelineNotFound
+from modelplex.errors import InvalidInput, JobCancelled, PipelineLoadError, PipelineNotFound
 from modelplex.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -83,6 +97,8 @@ class StepContext(Protocol):
 
     job_id: str
     step: str
+    options: dict[str, Any]
+    """The pipeline's `[options]` from its pipeline.toml."""
 
     def progress(self, fraction: float) -> None:
         """Report this step's progress (0..1); written to the job at most a few times a second."""
@@ -148,9 +164,23 @@ class StepConfig(_Strict):
         return self
 
 
+class InputConfig(_Strict):
+    schema_: str | None = Field(default=None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """A pydantic model in steps.py that the job's JSON input must fit."""
+    upload: bool = False
+    """Whether a file may be uploaded as the job's input (steps read it with
+    `ctx.open_upload()`)."""
+
+
+ANY_OBJECT: dict[str, Any] = {"type": "object", "description": "Any JSON object."}
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    input: InputConfig = InputConfig()
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The pipeline's own settings, for its steps (`ctx.options`)."""
     steps: list[StepConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -174,10 +204,30 @@ class Pipeline:
     config: PipelineConfig | None = None
     functions: dict[str, StepFunction] = field(default_factory=dict)
     reason: str | None = None
+    input_model: type[BaseModel] | None = None
+    """The JSON input's schema (`[input] schema`); None: any JSON object."""
+    input_schema: dict[str, Any] = field(default_factory=lambda: ANY_OBJECT)
+    """`input_model` as JSON Schema, computed once at load."""
 
     @property
     def step_names(self) -> list[str]:
         return [s.name for s in self.config.steps] if self.config else []
+
+    @property
+    def accepts_upload(self) -> bool:
+        return self.config is not None and self.config.input.upload
+
+    def check_input(self, document: Any) -> None:
+        """InvalidInput, naming the field, unless `document` fits the input schema."""
+        if not isinstance(document, dict):
+            raise InvalidInput(f"the input of pipeline '{self.name}' must be a JSON object")
+        if self.input_model is None:
+            return
+        try:
+            self.input_model.model_validate(document)
+        except ValidationError as exc:
+            problem = describe(exc, self.input_model, at="input")
+            raise InvalidInput(f"pipeline '{self.name}': {problem}") from None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -185,6 +235,8 @@ class Pipeline:
             "state": self.state.value,
             "description": self.config.description if self.config else "",
             "reason": self.reason,
+            "input": {"schema": self.input_schema, "upload": self.accepts_upload},
+            "options": self.config.options if self.config else {},
             "steps": [
                 {
                     "name": s.name,
@@ -216,18 +268,25 @@ class PipelineRegistry:
                 raise PipelineLoadError(f"'{folder.name}' is not a valid pipeline name")
             config = _read_config(folder / PIPELINE_FILE)
             wanted = [s.function for s in config.steps if s.function]
-            module = _import_steps(folder, folder.name) if wanted else None
+            schema_name = config.input.schema_
+            needs_module = wanted or schema_name
+            module = _import_steps(folder, folder.name) if needs_module else None
             functions: dict[str, StepFunction] = {}
             for name in wanted:
                 function = getattr(module, name, None)
                 if not callable(function):
                     raise PipelineLoadError(f"{STEPS_FILE} has no function {name}()")
                 functions[name] = function
+            input_model = _input_model(module, schema_name) if schema_name else None
         except PipelineLoadError as exc:
             log.error("pipeline %s failed to load: %s", folder.name, exc.message)
             return Pipeline(folder.name, folder, PipelineState.FAILED, reason=exc.message)
         log.info("pipeline %s: READY, steps %s", folder.name, [s.name for s in config.steps])
-        return Pipeline(folder.name, folder, PipelineState.READY, config, functions)
+        pipeline = Pipeline(folder.name, folder, PipelineState.READY, config, functions)
+        if input_model is not None:
+            pipeline.input_model = input_model
+            pipeline.input_schema = input_model.model_json_schema()
+        return pipeline
 
     def all(self) -> list[Pipeline]:
         return [self._pipelines[name] for name in sorted(self._pipelines)]
@@ -241,6 +300,20 @@ class PipelineRegistry:
 
 def _read_config(path: Path) -> PipelineConfig:
     return read_toml_config(path, PipelineConfig, PipelineLoadError)
+
+
+def _input_model(module: ModuleType | None, name: str) -> type[BaseModel]:
+    model = getattr(module, name, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise PipelineLoadError(f"[input] schema: {STEPS_FILE} has no pydantic model {name}")
+    try:
+        model.model_json_schema()  # a model pydantic cannot describe fails here, not later
+    except Exception as exc:
+        log.error("pipeline input schema %s", name, exc_info=exc)
+        raise PipelineLoadError(
+            f"[input] schema: {name} has no JSON Schema ({type(exc).__name__})"
+        ) from exc
+    return model
 
 
 def _import_steps(folder: Path, name: str) -> ModuleType:

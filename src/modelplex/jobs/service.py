@@ -199,12 +199,24 @@ class JobService:
         elif request.callback_events:
             raise InvalidInput("callback_events needs a callback_url")
         if request.kind is JobKind.MODEL:
+            if request.upload is not None:
+                raise InvalidInput(
+                    f"a job for model '{request.target}' takes JSON, not a file: its 'input' is "
+                    'a predict body, {"instance": ...} or {"instances": [...]} (a file\'s bytes '
+                    'as {"b64": "..."} for a BYTES input); files go to pipelines that take them'
+                )
             return [INFERENCE_STEP], self.settings.job_max_attempts
         pipeline = self.pipelines.get(request.target)
         if pipeline.state is not PipelineState.READY or pipeline.config is None:
             raise PipelineNotReady(f"pipeline '{request.target}' is not ready: {pipeline.reason}")
-        if request.upload is None and not isinstance(request.input, dict):
-            raise InvalidInput("a pipeline's input must be a JSON object")
+        if request.upload is not None:
+            if not pipeline.accepts_upload:
+                raise InvalidInput(
+                    f"pipeline '{request.target}' takes no file: send its input as JSON "
+                    "(its schema is in GET /v1/pipelines)"
+                )
+        else:  # checked now, so that a job is never accepted only to fail on its first step
+            await offload.cpu_bound(pipeline.check_input, request.input)
         return pipeline.step_names, pipeline.config.max_attempts or self.settings.job_max_attempts
 
     async def pin_version(self, model: str, version: str | None) -> str:

@@ -56,8 +56,10 @@ class Context:
         index: int,
         loop: asyncio.AbstractEventLoop,
         timeout_s: float,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._runner = runner
+        self.options = options if options is not None else {}
         self._control = control
         self.index = index
         self._loop = loop
@@ -122,6 +124,7 @@ class PipelineRun:
         self._runner = runner
         self._pipeline = pipeline
         self._steps = pipeline.config.steps
+        self._options = pipeline.config.options
         self._control = control
 
     async def run(self, data: Any, *, offset: int = 0) -> Any:
@@ -146,7 +149,9 @@ class PipelineRun:
         while True:
             attempt += 1
             # A context per attempt: stopping a timed-out attempt must not stop the next.
-            context = Context(self._runner, self._control, index, loop, step.timeout_s)
+            context = Context(
+                self._runner, self._control, index, loop, step.timeout_s, self._options
+            )
             try:
                 return await self._attempt(step, context, data)
             except JobCancelled:

@@ -14,6 +14,11 @@ from modelplex.errors import ModelLoadError
 class Runtime(Protocol):
     """A loaded model version. `predict` runs in a worker thread, one batch at a time."""
 
+    inputs: tuple[TensorSpec, ...]
+    """The tensors it takes: the spec's, or (onnx, when the spec has none) its graph's."""
+    outputs: tuple[TensorSpec, ...]
+    """The tensors it returns: the spec's, or (onnx, when the spec has none) its graph's."""
+
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
         """Map batch-first input tensors to batch-first output tensors."""
         ...
@@ -30,8 +35,10 @@ class RuntimeSpec:
     kind: RuntimeKind
     artifact: Path
     inputs: tuple[TensorSpec, ...]
-    """The tensors the runtime receives (after any pre-processing)."""
+    """The tensors the runtime receives (after any pre-processing); empty: the
+    artefact's own (onnx only)."""
     outputs: tuple[TensorSpec, ...]
+    """Empty: the artefact's own (onnx only)."""
     threads: int = 1
     sklearn: SklearnOptions = field(default_factory=SklearnOptions)
     python: PythonOptions = field(default_factory=PythonOptions)
@@ -49,6 +56,11 @@ def load_runtime(spec: RuntimeSpec) -> Runtime:
         from modelplex.core.runtimes.onnx import OnnxRuntime
 
         return OnnxRuntime(spec)
+    if not (spec.inputs and spec.outputs):  # a version may run another runtime than the model
+        raise ModelLoadError(
+            f"runtime '{spec.kind}' needs [[inputs]] and [[outputs]] in model.toml "
+            "(only onnx reads its signature from the model file)"
+        )
     if spec.kind is RuntimeKind.SKLEARN:
         from modelplex.core.runtimes.sklearn import SklearnRuntime
 

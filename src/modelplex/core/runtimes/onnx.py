@@ -93,19 +93,23 @@ class OnnxRuntime:
                 "see the server log)"
             ) from exc
         try:
-            self._check(spec)
+            graph_inputs, graph_outputs = self._session.get_inputs(), self._session.get_outputs()
+            # What model.toml declares overrides the graph's own signature, list by list.
+            self.inputs = spec.inputs or graph_signature("input", graph_inputs)
+            self.outputs = spec.outputs or graph_signature("output", graph_outputs)
+            self._check(graph_inputs, graph_outputs)
         except BaseException:
             _SESSIONS.release(self._key)
             raise
-        self._output_names = [o.name for o in spec.outputs]
+        self._output_names = [o.name for o in self.outputs]
 
-    def _check(self, spec: RuntimeSpec) -> None:
+    def _check(self, graph_inputs: list[Any], graph_outputs: list[Any]) -> None:
         """Refuse a signature that does not match the graph, at load rather than per request."""
-        graph_inputs = _check_declared("input", spec.inputs, self._session.get_inputs())
-        missing = set(graph_inputs) - {s.name for s in spec.inputs}
+        names = _check_declared("input", self.inputs, graph_inputs)
+        missing = names - {s.name for s in self.inputs}
         if missing:
             raise ModelLoadError(f"ONNX graph inputs {sorted(missing)} are not declared")
-        _check_declared("output", spec.outputs, self._session.get_outputs())
+        _check_declared("output", self.outputs, graph_outputs)
 
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:
         try:
@@ -124,6 +128,30 @@ class OnnxRuntime:
     def close(self) -> None:
         _SESSIONS.release(self._key)
         del self._session
+
+
+def graph_signature(kind: str, graph: list[Any]) -> tuple[TensorSpec, ...]:
+    """The graph's own tensors as per-instance specs: its first dimension is the
+    batch, and a dynamic (named or unknown) dimension is -1."""
+    specs = []
+    for node in graph:
+        datatype = _ONNX_TYPES.get(node.type)
+        if datatype is None:
+            raise ModelLoadError(
+                f"ONNX graph {kind} '{node.name}' is {node.type}, which modelplex cannot "
+                f"serve; declare [[{kind}s]] in model.toml"
+            )
+        shape = list(node.shape or [])
+        if not shape or (isinstance(shape[0], int) and shape[0] > 0):
+            first = shape[0] if shape else "none"
+            raise ModelLoadError(
+                f"ONNX graph {kind} '{node.name}' has no dynamic first dimension ({first}), "
+                "which modelplex batches along: export the graph with a dynamic batch "
+                f"dimension, or declare [[{kind}s]] and set [batching] max_batch_size = 1"
+            )
+        dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape[1:])
+        specs.append(TensorSpec(node.name, datatype, dims))
+    return tuple(specs)
 
 
 def _check_declared(kind: str, declared: tuple[TensorSpec, ...], graph: list[Any]) -> set[str]:

@@ -46,6 +46,7 @@ class PythonRuntime:
         if not callable(getattr(self._model, "predict", None)):
             raise ModelLoadError(f"{spec.python.class_name} has no predict(batch) method")
         self._module_name = spec.module_name
+        self.inputs, self.outputs = spec.inputs, spec.outputs
         self._dtypes = {out.name: out.datatype.numpy_dtype for out in spec.outputs}
 
     def predict(self, inputs: dict[str, Array]) -> dict[str, Array]:

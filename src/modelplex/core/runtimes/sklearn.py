@@ -15,7 +15,7 @@ import numpy as np
 
 from modelplex.core.model_config import SklearnMethod
 from modelplex.core.runtimes.base import RuntimeSpec
-from modelplex.core.tensors import Array
+from modelplex.core.tensors import Array, TensorSpec
 from modelplex.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class SklearnRuntime:
                 "scikit-learn models take exactly one input (a 2-D feature matrix)"
             )
         self._input = spec.inputs[0].name
+        self.inputs: tuple[TensorSpec, ...] = spec.inputs
+        self.outputs: tuple[TensorSpec, ...] = spec.outputs
         try:
             estimator = joblib.load(spec.artifact)
         except Exception as exc:  # unpickling can raise anything
