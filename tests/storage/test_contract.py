@@ -549,6 +549,27 @@ async def test_request_cancel_of_a_running_job_only_flags_it(store: Store) -> No
     assert ended.status is JobStatus.CANCELLED
 
 
+async def test_cancels_requested_names_the_flagged_jobs(store: Store) -> None:
+    running = await store.create(new_job())
+    other = await store.create(new_job())
+    await store.claim("w1", 2, lease_s=LEASE)
+    assert await store.cancels_requested([running.id, other.id]) == set()
+    await store.request_cancel(running.id)
+    assert await store.cancels_requested([running.id, other.id, "job_missing"]) == {running.id}
+    assert await store.cancels_requested([]) == set()
+
+
+async def test_a_cancel_beats_the_result_of_a_running_job(store: Store) -> None:
+    job = await store.create(new_job())
+    claimed = await claim_one(store)
+    await store.request_cancel(job.id)
+    refused = await store.transition(
+        job.id, JobStatus.COMPLETED, lease=claimed.lease, unless_cancelled=True
+    )
+    assert refused is None
+    assert (await get(store, job.id)).status is JobStatus.PROCESSING
+
+
 async def test_request_cancel_of_a_finished_job_changes_nothing(
     store: Store, clock: FakeClock
 ) -> None:

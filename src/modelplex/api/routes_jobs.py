@@ -13,7 +13,12 @@ from modelplex import errors
 from modelplex.api import payloads
 from modelplex.api.bodies import BatchFields, BatchForm, JobSubmit, JobSubmitForm
 from modelplex.api.deps import modelplex_of
-from modelplex.api.openapi_docs import problem_responses, query_parameters, schema_ref
+from modelplex.api.openapi_docs import (
+    json_content,
+    problem_responses,
+    query_parameters,
+    schema_ref,
+)
 from modelplex.api.schemas import BatchView, DeliveryList, JobList, JobView, PipelineList
 from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_view
 from modelplex.core.envelopes import parse
@@ -182,11 +187,16 @@ async def get_job_result(request: Request, job_id: str) -> Response:
     "/v1/jobs/{job_id}/cancel",
     tags=["jobs"],
     response_model=JobView,
-    summary="Cancel: a queued job at once, a running one at its next step boundary",
-    responses=_JOB_ERRORS,
+    summary="Cancel: a queued job at once (200, CANCELLED); a running one at its next step "
+    "boundary or cancellation check (202, cancel_requested: it ends CANCELLED)",
+    responses={
+        202: {"description": "Running: it stops and ends CANCELLED", **json_content("JobView")},
+        **problem_responses(errors.NotFound, errors.JobFinished, errors.Unavailable),
+    },
 )
 async def cancel_job(request: Request, job_id: str) -> Response:
-    return _json(job_view(await _jobs(request).cancel(job_id)))
+    job = await _jobs(request).cancel(job_id)
+    return _json(job_view(job), status=200 if job.status.finished else 202)
 
 
 @router.get(
@@ -284,8 +294,8 @@ async def get_batch(request: Request, batch_id: str) -> Response:
     "/v1/batches/{batch_id}/cancel",
     tags=["batches"],
     response_model=BatchView,
-    summary="Cancel a batch's remaining chunks",
-    responses=_JOB_ERRORS,
+    summary="Cancel a batch: lines not started end CANCELLED, running ones stop at once",
+    responses=problem_responses(errors.NotFound, errors.JobFinished, errors.Unavailable),
 )
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     return _json(batch_view(await _batches(request).cancel(batch_id)))

@@ -34,6 +34,7 @@ from modelplex.errors import (
     BatchNotFound,
     InternalError,
     InvalidInput,
+    JobFinished,
     PipelineNotReady,
 )
 from modelplex.jobs.batch_lines import LineParser, line_blocks
@@ -174,11 +175,14 @@ class BatchService:
         return batch, refusals
 
     async def cancel(self, batch_id: str) -> Batch:
-        await self.get(batch_id)
+        """Chunks that have not started are CANCELLED at once, running ones stop
+        their lines at the next check; a batch that already finished (otherwise
+        than by a cancel) is JobFinished."""
+        _unless_finished(await self.get(batch_id))
         batch = await self.store.cancel_batch(batch_id)
         if batch is None:
             raise BatchNotFound(f"batch '{batch_id}' does not exist")
-        return batch
+        return _unless_finished(batch)
 
     async def lines(self, batch_id: str, *, errors: bool) -> AsyncIterator[bytes]:
         """The results (or errors) as JSONL, in input order within each chunk."""
@@ -213,6 +217,12 @@ class BatchService:
             )
             return [{"custom_id": item["custom_id"], "error": error} for item in data["items"]]
         return []  # still running, or cancelled: nothing to report for its lines
+
+
+def _unless_finished(batch: Batch) -> Batch:
+    if batch.finished_at is not None and batch.status is not BatchStatus.CANCELLED:
+        raise JobFinished(f"batch '{batch.id}' has already finished: {batch.status.value}")
+    return batch
 
 
 def chunk_inputs(

@@ -12,7 +12,7 @@ nothing and returns None.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,6 +86,11 @@ class JobStore(Protocol):
         that have not expired: job id -> cancel requested. Jobs missing from the
         answer are no longer this worker's (finished, re-claimed, or their lease
         expired: a renewal never revives an expired lease)."""
+        ...
+
+    async def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        """Of these jobs, the ones whose cancel was requested: a read, cheap enough
+        for a busy worker to ask a few times a second."""
         ...
 
     async def next_due_in(self) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import replace
 from enum import StrEnum
@@ -216,6 +216,9 @@ class MemoryStore(BatchReads, MemoryOutbox):
             job.lease_expires_at = now + lease_s
             held[job_id] = job.cancel_requested
         return held
+
+    async def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        return {i for i in job_ids if (job := self._jobs.get(i)) and job.cancel_requested}
 
     async def transition(
         self,
