@@ -293,7 +293,9 @@ def batches_submit(
     model: Annotated[str | None, typer.Option(help="Run this model.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Run this pipeline.")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="Classes per line.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait, with a progress bar.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait, with a progress bar; exit as `batches wait` does.")
+    ] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Submit a JSONL file ({"custom_id": ..., "input": ...} per line)."""
@@ -305,6 +307,8 @@ def batches_submit(
         if wait:
             batch = _wait_for_batch(client, batch["id"])
     _print(batch)
+    if wait:
+        _exit_as_batch(batch)
 
 
 @batches_app.command("get")
@@ -316,9 +320,22 @@ def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
 
 @batches_app.command("wait")
 def batches_wait(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
-    """Wait for a batch to finish, with a progress bar."""
+    """Wait for a batch to finish, with a progress bar; exit 0 only if every line
+    succeeded (2: some failed, 3: all failed, 4: cancelled)."""
     with _client(url) as client:
-        _print(_wait_for_batch(client, batch_id))
+        batch = _wait_for_batch(client, batch_id)
+    _print(batch)
+    _exit_as_batch(batch)
+
+
+BATCH_EXIT_CODES = {"COMPLETED": 0, "PARTIALLY_FAILED": 2, "FAILED": 3, "CANCELLED": 4}
+"""A finished batch's status as an exit code (1 is any error, as for every command)."""
+
+
+def _exit_as_batch(batch: dict[str, Any]) -> None:
+    code = BATCH_EXIT_CODES.get(batch["status"], 1)
+    if code:
+        raise typer.Exit(code)
 
 
 @batches_app.command("results")

@@ -339,7 +339,7 @@ def test_batch_with_some_bad_lines(jobs_env: JobsEnv) -> None:
     batch = wait_for(
         lambda: (b := client.get(f"/v1/batches/{batch_id}").json())["finished_at"] and b
     )
-    assert batch["status"] == "COMPLETED"
+    assert batch["status"] == "PARTIALLY_FAILED"
     assert batch["counts"] == {
         "total": 9,
         "completed": 5,
@@ -403,7 +403,7 @@ def test_a_batch_of_only_bad_lines_is_finished_at_once(jobs_env: JobsEnv) -> Non
         headers={"content-type": "application/jsonl"},
     )
     batch = response.json()
-    assert batch["status"] == "COMPLETED"
+    assert batch["status"] == "FAILED"
     assert batch["finished_at"] is not None
     assert batch["counts"]["failed"] == 2
     assert "Retry-After" not in jobs_env.client.get(f"/v1/batches/{batch['id']}").headers

@@ -696,7 +696,7 @@ async def test_a_batch_with_no_chunks_is_finished_at_creation(
     store: Store, clock: FakeClock
 ) -> None:
     batch = await store.create_batch(new_batch(total=2, invalid=2), [])
-    assert batch.status is BatchStatus.COMPLETED
+    assert batch.status is BatchStatus.FAILED  # every line failed
     assert batch.finished_at == clock()
     assert (batch.chunks, batch.failed, batch.refused) == (0, 2, 2)
     assert await store.batch_chunks(batch.id, -1, 10) == []
@@ -733,7 +733,28 @@ async def test_a_batch_counts_its_chunks_and_completes_at_the_last(
     final = await store.get_batch(batch.id)
     assert final is not None
     assert (final.completed, final.failed, final.chunks_done) == (3, 2, 2)
-    assert (final.status, final.finished_at) == (BatchStatus.COMPLETED, clock())
+    assert (final.status, final.finished_at) == (BatchStatus.PARTIALLY_FAILED, clock())
+
+
+@pytest.mark.parametrize(
+    ("lines", "outcome"),
+    [
+        ([(1, 0), (1, 0)], BatchStatus.COMPLETED),
+        ([(1, 0), (0, 1)], BatchStatus.PARTIALLY_FAILED),
+        ([(0, 1), (0, 1)], BatchStatus.FAILED),
+    ],
+)
+async def test_a_finished_batch_says_whether_its_lines_succeeded(
+    store: Store, lines: list[tuple[int, int]], outcome: BatchStatus
+) -> None:
+    batch = await store.create_batch(new_batch(total=2), [chunk(0), chunk(1)])
+    for job, delta in zip((await claim_all(store)).values(), lines, strict=True):
+        await store.transition(job.id, JobStatus.COMPLETED, lease=job.lease, batch_delta=delta)
+    done = await store.get_batch(batch.id)
+    assert done is not None
+    completed, failed = (sum(counts) for counts in zip(*lines, strict=True))
+    assert (done.status, done.completed, done.failed) == (outcome, completed, failed)
+    assert done.finished_at is not None
 
 
 async def test_cancel_batch_cancels_queued_chunks_and_flags_running_ones(

@@ -34,6 +34,7 @@ from modelplex.records import (
     NewDelivery,
     NewJob,
     allowed_sources,
+    batch_outcome,
     pending_steps,
 )
 from modelplex.storage.interface import BatchPart, DuplicateKey, Store
@@ -376,13 +377,14 @@ class MemoryStore(BatchReads, MemoryOutbox):
 
     def _count_chunks(self, batch_id: str, chunks: int, lines: tuple[int, int], now: float) -> None:
         """Chunks finished: add their lines to the batch's counts. When the last chunk is
-        done the batch is finished: COMPLETED, unless it was cancelled (it stays so)."""
+        done the batch is finished: COMPLETED, PARTIALLY_FAILED or FAILED by its lines,
+        unless it was cancelled (it stays so)."""
         batch = self._batches[batch_id]  # a chunk's batch goes only with the chunk (purge)
         batch.completed += lines[0]
         batch.failed += lines[1]
         batch.chunks_done += chunks
         if batch.chunks_done >= batch.chunks:
-            _move(batch, BatchStatus.COMPLETED, BATCH_ALLOWED_FROM)
+            _move(batch, batch_outcome(batch.completed, batch.total), BATCH_ALLOWED_FROM)
             if batch.finished_at is None:
                 batch.finished_at = now
 
