@@ -199,3 +199,23 @@ def test_batches_wait_exits_by_how_the_lines_ended(
     batch = json.loads(waited.stdout)
     assert batch["status"] == status
     assert (batch["counts"]["completed"], batch["counts"]["failed"]) == (good, bad)
+
+
+def test_batches_list(served: str, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"custom_id": "r", "input": [0.0] * 64}) + "\n")
+    submitted = run_cli(
+        "batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["id"]
+    listed = run_cli("batches", "list", "--model", "digits", "--url", served)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(batch_id))
+    assert "COMPLETED" in line
+    assert "1/1 done" in line
+    other = run_cli("batches", "list", "--status", "FAILED", "--url", served)
+    assert batch_id not in other.stdout
+    bad = run_cli("batches", "list", "--status", "DONE", "--url", served)
+    assert bad.returncode == 1
+    assert "INVALID_INPUT" in bad.stderr

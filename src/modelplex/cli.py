@@ -311,6 +311,30 @@ def batches_submit(
         _exit_as_batch(batch)
 
 
+@batches_app.command("list")
+def batches_list(
+    status: Annotated[str | None, typer.Option(help="Only batches in this status.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Only batches of this model or pipeline.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor from the previous page.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List batches, newest first."""
+    with _client(url) as client:
+        page = client.list_batches(status=status, model=model, limit=limit, cursor=cursor)
+    for batch in page["batches"]:
+        target = batch.get("model") or batch.get("pipeline")
+        counts = batch["counts"]
+        typer.echo(
+            f"{batch['id']}  {batch['status']:<16} {target:<20} {counts['completed']}/"
+            f"{counts['total']} done, {counts['failed']} failed  {batch['created_at']}"
+        )
+    if page["next_cursor"]:
+        typer.echo(f"next page: --cursor {page['next_cursor']}")
+
+
 @batches_app.command("get")
 def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Show a batch's counts and progress."""

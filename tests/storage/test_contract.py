@@ -8,6 +8,7 @@ advances it, never by sleeping; no assertion depends on how fast anything runs.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -755,6 +756,20 @@ async def test_a_finished_batch_says_whether_its_lines_succeeded(
     completed, failed = (sum(counts) for counts in zip(*lines, strict=True))
     assert (done.status, done.completed, done.failed) == (outcome, completed, failed)
     assert done.finished_at is not None
+
+
+async def test_batches_are_listed_newest_first_with_a_cursor(store: Store) -> None:
+    refused = await store.create_batch(new_batch(total=1, invalid=1), [])
+    running = await store.create_batch(new_batch(total=1), [chunk(0)])
+    other = await store.create_batch(replace(new_batch(total=1), target="other"), [chunk(0)])
+    assert [b.id for b in await store.list_batches()] == [other.id, running.id, refused.id]
+    page = await store.list_batches(limit=2)
+    assert [b.id for b in page] == [other.id, running.id]
+    assert [b.id for b in await store.list_batches(before=page[-1].id)] == [refused.id]
+    failed = await store.list_batches(status=BatchStatus.FAILED)
+    assert [b.id for b in failed] == [refused.id]
+    assert [b.id for b in await store.list_batches(target="other")] == [other.id]
+    assert await store.list_batches(status=BatchStatus.COMPLETED) == []
 
 
 async def test_cancel_batch_cancels_queued_chunks_and_flags_running_ones(

@@ -19,13 +19,20 @@ from modelplex.api.openapi_docs import (
     query_parameters,
     schema_ref,
 )
-from modelplex.api.schemas import BatchView, DeliveryList, JobList, JobView, PipelineList
+from modelplex.api.schemas import (
+    BatchList,
+    BatchView,
+    DeliveryList,
+    JobList,
+    JobView,
+    PipelineList,
+)
 from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_view
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.service import BytesUpload, JobService, SubmitRequest, Upload
-from modelplex.records import JobStatus
+from modelplex.records import BatchStatus, JobStatus
 
 router = APIRouter()
 
@@ -275,6 +282,36 @@ async def _read_upload(upload: UploadFile | bytes | None) -> AsyncIterator[bytes
         return
     while upload is not None and (data := await upload.read(_READ_BYTES)):
         yield data
+
+
+_LISTED_BATCH_STATES = [s.value for s in BatchStatus if s is not BatchStatus.CREATING]
+
+
+@router.get(
+    "/v1/batches",
+    tags=["batches"],
+    response_model=BatchList,
+    summary="List batches, newest first, with cursor pagination",
+    responses=problem_responses(errors.InvalidInput, errors.Unavailable),
+)
+async def list_batches(
+    request: Request,
+    status: str | None = Query(None, description=", ".join(_LISTED_BATCH_STATES)),
+    model: str | None = Query(None, description="Batches of this model or pipeline"),
+    pipeline: str | None = Query(None, description="Same as model, for pipelines"),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+) -> Response:
+    wanted = status.upper() if status else None
+    if wanted is not None and wanted not in _LISTED_BATCH_STATES:
+        raise InvalidInput(f"status must be one of {_LISTED_BATCH_STATES}")
+    found, next_cursor = await _batches(request).list_batches(
+        status=BatchStatus(wanted) if wanted else None,
+        target=model or pipeline,
+        limit=limit,
+        cursor=cursor,
+    )
+    return _json({"batches": [batch_view(b) for b in found], "next_cursor": next_cursor})
 
 
 @router.get(

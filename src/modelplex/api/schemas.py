@@ -240,5 +240,10 @@ class BatchView(BaseModel):
     links: dict[str, str]
 
 
+class BatchList(BaseModel):
+    batches: list[BatchView]
+    next_cursor: str | None
+
+
 class PipelineList(BaseModel):
     pipelines: list[dict[str, Any]]

@@ -165,6 +165,16 @@ class BatchService:
             raise BatchNotFound(f"batch '{batch_id}' does not exist")
         return batch
 
+    async def list_batches(
+        self, *, status: BatchStatus | None, target: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Batch], str | None]:
+        """A page of batches, newest first, and the cursor of the next page (None: the last)."""
+        found = await self.store.list_batches(
+            status=status, target=target, limit=limit + 1, before=cursor
+        )
+        page = found[:limit]
+        return page, (page[-1].id if len(found) > limit and page else None)
+
     async def get_with_refusals(
         self, batch_id: str, limit: int
     ) -> tuple[Batch, list[dict[str, Any]]]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from modelplex.records import (
     Batch,
+    BatchStatus,
     Delivery,
     DeliveryStatus,
     Job,
@@ -175,6 +176,18 @@ class BatchStore(Protocol):
         ...
 
     async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Batch]:
+        """Newest first, never one still CREATING; `before` is the cursor (the last
+        id of the previous page)."""
+        ...
 
     async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
         """Chunk jobs in order, after chunk index `after_index`."""

@@ -139,6 +139,31 @@ class BatchQueries(SqlBase):
         async with self._read() as conn:
             return await self._get_batch(conn, batch_id)
 
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Batch]:
+        """Newest first (ids sort by creation), by the primary key's index."""
+        query = (
+            select(batches)
+            .where(batches.c.status != BatchStatus.CREATING.value)
+            .order_by(batches.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(batches.c.status == status.value)
+        if target is not None:
+            query = query.where(batches.c.target == target)
+        if before is not None:
+            query = query.where(batches.c.id < before)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [batch_from_row(r) for r in rows]
+
     async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
         query = (
             select(jobs)
