@@ -214,8 +214,14 @@ class BatchService:
                         yield orjson.dumps(item) + b"\n"
 
     async def _chunk_lines(self, chunk: Job) -> list[dict[str, Any]]:
-        if chunk.status is JobStatus.COMPLETED:
-            result = await self.jobs.result(chunk.id)
+        # A cancelled chunk keeps the lines that ran before the cancel reached it.
+        kept = chunk.status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+        if kept and (chunk.result is not None or chunk.result_ref is not None):
+            result = (
+                chunk.result
+                if chunk.result_ref is None
+                else orjson.loads(await self.jobs.blobs.get(chunk.result_ref))
+            )
             items: list[dict[str, Any]] = result["items"]
             return items
         if chunk.status is JobStatus.FAILED:
@@ -226,7 +232,7 @@ class BatchService:
                 else orjson.loads(await self.jobs.blobs.get(chunk.input_ref))
             )
             return [{"custom_id": item["custom_id"], "error": error} for item in data["items"]]
-        return []  # still running, or cancelled: nothing to report for its lines
+        return []  # still running, or cancelled before any of its lines ran
 
 
 def _unless_finished(batch: Batch) -> Batch:
