@@ -177,8 +177,9 @@ def test_batches_submit_and_results(served: str, tmp_path: Path) -> None:
     submitted = run_cli(
         "batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served
     )
-    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.returncode == 2, submitted.stderr  # one line of five failed
     batch = json.loads(submitted.stdout)
+    assert batch["status"] == "PARTIALLY_FAILED"
     assert batch["counts"]["completed"] == 4
     assert batch["counts"]["failed"] == 1
     results = run_cli("batches", "results", batch["id"], "--url", served)
@@ -443,3 +444,48 @@ def test_every_command_and_option_is_in_the_cli_page() -> None:
             names = param.opts if isinstance(param, click.Option) else []
             for name in (n for n in names if n != "--help"):
                 assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", page), (path, name)
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "status", "code"),
+    [(3, 0, "COMPLETED", 0), (2, 1, "PARTIALLY_FAILED", 2), (0, 3, "FAILED", 3)],
+)
+def test_batches_wait_exits_by_how_the_lines_ended(
+    served: str, tmp_path: Path, good: int, bad: int, status: str, code: int
+) -> None:
+    """Lines the model refuses when their chunk runs (not at submission) fail too."""
+    from sklearn.datasets import load_digits
+
+    features = load_digits(return_X_y=True)[0]
+    rows = tmp_path / "rows.jsonl"
+    lines = [{"custom_id": f"ok{i}", "input": features[i].tolist()} for i in range(good)]
+    lines += [{"custom_id": f"bad{i}", "input": [1, 2, 3]} for i in range(bad)]
+    rows.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    submitted = run_cli("batches", "submit", str(rows), "--model", "digits", "--url", served)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["id"]
+    waited = run_cli("batches", "wait", batch_id, "--url", served)
+    assert waited.returncode == code, waited.stderr
+    batch = json.loads(waited.stdout)
+    assert batch["status"] == status
+    assert (batch["counts"]["completed"], batch["counts"]["failed"]) == (good, bad)
+
+
+def test_batches_list(served: str, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"custom_id": "r", "input": [0.0] * 64}) + "\n")
+    submitted = run_cli(
+        "batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["id"]
+    listed = run_cli("batches", "list", "--model", "digits", "--url", served)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(batch_id))
+    assert "COMPLETED" in line
+    assert "1/1 done" in line
+    other = run_cli("batches", "list", "--status", "FAILED", "--url", served)
+    assert batch_id not in other.stdout
+    bad = run_cli("batches", "list", "--status", "DONE", "--url", served)
+    assert bad.returncode == 1
+    assert "INVALID_INPUT" in bad.stderr

@@ -336,7 +336,9 @@ def batches_submit(
     model: Annotated[str | None, typer.Option(help="Run this model.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Run this pipeline.")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="Classes per line.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait, with a progress bar.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait, with a progress bar; exit as `batches wait` does.")
+    ] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Submit a JSONL file ({"custom_id": ..., "input": ...} per line)."""
@@ -348,6 +350,32 @@ def batches_submit(
         if wait:
             batch = _wait_for_batch(client, batch["id"])
     _print(batch)
+    if wait:
+        _exit_as_batch(batch)
+
+
+@batches_app.command("list")
+def batches_list(
+    status: Annotated[str | None, typer.Option(help="Only batches in this status.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Only batches of this model or pipeline.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor from the previous page.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List batches, newest first."""
+    with _client(url) as client:
+        page = client.list_batches(status=status, model=model, limit=limit, cursor=cursor)
+    for batch in page["batches"]:
+        target = batch.get("model") or batch.get("pipeline")
+        counts = batch["counts"]
+        typer.echo(
+            f"{batch['id']}  {batch['status']:<16} {target:<20} {counts['completed']}/"
+            f"{counts['total']} done, {counts['failed']} failed  {batch['created_at']}"
+        )
+    if page["next_cursor"]:
+        typer.echo(f"next page: --cursor {page['next_cursor']}", err=True)
 
 
 @batches_app.command("get")
@@ -359,9 +387,22 @@ def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
 
 @batches_app.command("wait")
 def batches_wait(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
-    """Wait for a batch to finish, with a progress bar."""
+    """Wait for a batch to finish, with a progress bar; exit 0 only if every line
+    succeeded (2: some failed, 3: all failed, 4: cancelled)."""
     with _client(url) as client:
-        _print(_wait_for_batch(client, batch_id))
+        batch = _wait_for_batch(client, batch_id)
+    _print(batch)
+    _exit_as_batch(batch)
+
+
+BATCH_EXIT_CODES = {"COMPLETED": 0, "PARTIALLY_FAILED": 2, "FAILED": 3, "CANCELLED": 4}
+"""A finished batch's status as an exit code (1 is any error, as for every command)."""
+
+
+def _exit_as_batch(batch: dict[str, Any]) -> None:
+    code = BATCH_EXIT_CODES.get(batch["status"], 1)
+    if code:
+        raise typer.Exit(code)
 
 
 @batches_app.command("results")

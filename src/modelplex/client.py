@@ -214,6 +214,13 @@ class ModelplexClient:
         files = {"file": (file.name, file.read_bytes(), "application/jsonl")}
         return self._request("POST", "/v1/batches", files=files, data=data)
 
+    def list_batches(
+        self, *, status: str | None = None, model: str | None = None, limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        params = {"status": status, "model": model, "limit": limit, "cursor": cursor}
+        return self._request("GET", "/v1/batches", params={k: v for k, v in params.items() if v})
+
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/batches/{batch_id}")
 

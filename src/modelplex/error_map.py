@@ -74,6 +74,7 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.JobNotFinished: _row(
         "JOB_NOT_FINISHED", 409, 409, G.FAILED_PRECONDITION, "Job not finished"
     ),
+    errors.JobFinished: _row("JOB_FINISHED", 409, 409, G.FAILED_PRECONDITION, "Job finished"),
     errors.JobCancelled: _row("CANCELLED", 409, 409, G.CANCELLED, "Cancelled"),
     errors.MethodNotAllowed: _row(
         "METHOD_NOT_ALLOWED", 405, 405, G.UNIMPLEMENTED, "Method not allowed"

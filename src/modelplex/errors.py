@@ -16,7 +16,8 @@ job that failed with them may be retried.
     │   └── RouteNotFound
     ├── Conflict
     │   ├── IdempotencyConflict the key was used with a different request
-    │   └── JobNotFinished
+    │   ├── JobNotFinished
+    │   └── JobFinished         a cancel of a job (or batch) that has already finished
     ├── JobCancelled            a job stopped because it was cancelled
     ├── MethodNotAllowed
     ├── ModelNotReady
@@ -100,6 +101,10 @@ class IdempotencyConflict(Conflict):
 
 class JobNotFinished(Conflict):
     """The job has not finished."""
+
+
+class JobFinished(Conflict):
+    """The job has already finished."""
 
 
 class JobCancelled(ModelplexError):

@@ -6,7 +6,10 @@ and the state machines' tables.
       └──cancel──> CANCELLED
 
     batch: CREATING ──last chunk written──> PROCESSING ──last chunk ends──> COMPLETED
-             │ (its creator died: deleted)      └──cancel──> CANCELLED (finished when
+             │ (its creator died: deleted)      │        (every line succeeded),
+             │                                  │        PARTIALLY_FAILED (some failed)
+             │                                  │        or FAILED (every line failed)
+             │                                  └──cancel──> CANCELLED (finished when
              │                                               its last running chunk ends)
 
 A leaf module: the job layer and every store implementation share these
@@ -60,14 +63,30 @@ class BatchStatus(StrEnum):
     """Its chunks are still being written; none of them runs yet."""
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
+    """Finished, every line succeeded."""
+    PARTIALLY_FAILED = "PARTIALLY_FAILED"
+    """Finished, some lines succeeded and some failed (refused at submission, or when
+    their chunk ran)."""
+    FAILED = "FAILED"
+    """Finished, every line failed."""
     CANCELLED = "CANCELLED"
 
 
 BATCH_ALLOWED_FROM: dict[BatchStatus, frozenset[BatchStatus]] = {
     BatchStatus.PROCESSING: frozenset({BatchStatus.CREATING}),
     BatchStatus.COMPLETED: frozenset({BatchStatus.PROCESSING}),
+    BatchStatus.PARTIALLY_FAILED: frozenset({BatchStatus.PROCESSING}),
+    BatchStatus.FAILED: frozenset({BatchStatus.PROCESSING}),
     BatchStatus.CANCELLED: frozenset({BatchStatus.PROCESSING}),
 }
+
+
+def batch_outcome(completed: int, total: int) -> BatchStatus:
+    """How a batch that ran to its end (not cancelled) ended, by its lines: a line
+    that did not succeed failed, or was in a chunk cancelled on its own."""
+    if completed >= total:
+        return BatchStatus.COMPLETED
+    return BatchStatus.FAILED if not completed else BatchStatus.PARTIALLY_FAILED
 
 
 def allowed_sources(

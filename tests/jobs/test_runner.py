@@ -255,6 +255,46 @@ async def test_a_pipeline_chunk_runs_each_line_on_its_own(parts: Parts) -> None:
     assert statuses(control) == ["COMPLETED"]  # the chunk's one step, not the lines' steps
 
 
+async def test_a_cancelled_chunk_keeps_the_lines_that_ran_and_stops_the_rest(
+    parts: Parts,
+) -> None:
+    (first, first_gate), (second, _) = parts.gate(), parts.gate()
+    first_gate.set()  # the first line runs through; the second waits until cancelled
+    items = [
+        {"custom_id": "ran", "input": {"gate": first}},
+        {"custom_id": "stopped", "input": {"gate": second}},
+        {"custom_id": "never", "input": {"gate": first}},
+    ]
+    chunk = {"target_kind": "pipeline", "items": items}
+    job = await parts.create(JobKind.BATCH_CHUNK, "cancellable", chunk)
+    control = JobControl(await parts.claim(job.id))
+    running = asyncio.create_task(parts.runner.run(control.job, control))
+    await eventually(lambda: control.progress > 0)  # the first line is done
+    control.cancel.set()
+    outcome = await wait_task(running)
+    assert isinstance(outcome, Cancelled), outcome
+    assert outcome.lines == (1, 0)
+    assert [item["custom_id"] for item in outcome.result["items"]] == ["ran"]
+    assert statuses(control) == ["CANCELLED"]
+
+
+async def test_a_cancelled_model_chunk_takes_its_waiting_lines_out_of_the_queue(
+    parts: Parts,
+) -> None:
+    """Cancelled before any of its lines (half a second each) could get an answer:
+    none gets one, though they all were in the model's queue."""
+    items = [{"custom_id": f"l{i}", "input": [1.0, 2.0]} for i in range(8)]
+    chunk = {"target_kind": "model", "items": items, "options": None}
+    job = await parts.create(JobKind.BATCH_CHUNK, "sleepy", chunk, version="1")
+    control = JobControl(await parts.claim(job.id))
+    running = asyncio.create_task(parts.runner.run(control.job, control))
+    control.cancel.set()
+    outcome = await wait_task(running)
+    assert isinstance(outcome, Cancelled), outcome
+    assert outcome.lines == (0, 0)
+    assert outcome.result == {"items": []}
+
+
 # -- step attempts and job attempts do not multiply ----------------------------
 async def test_a_step_with_its_own_retry_runs_its_attempts_and_ends_the_job(
     parts: Parts,

@@ -17,10 +17,20 @@ from pathlib import Path
 import orjson
 import pytest
 
+from modelplex.jobs.batches import BatchService
 from modelplex.jobs.events import iso
 from modelplex.jobs.service import SubmitRequest
 from modelplex.jobs.worker import Worker, WorkerConfig
-from modelplex.records import DeliveryStatus, Job, JobKind, JobStatus
+from modelplex.records import (
+    Batch,
+    BatchStatus,
+    DeliveryStatus,
+    Job,
+    JobKind,
+    JobStatus,
+    NewBatch,
+    NewJob,
+)
 from modelplex.retry import Backoff, RetryPolicy
 from tests.jobs.units import CountingStore, Parts, eventually, job_reaches, wait_task
 
@@ -272,3 +282,41 @@ async def test_a_job_that_outlasts_the_drain_is_released_uncounted(parts: Parts)
     assert (released.history, released.result, released.error) == ([], None, None)
     again = await parts.store.claim("w-next", 1, 60.0)
     assert [(j.id, j.attempts, j.previous_owner) for j in again] == [(job.id, 1, None)]
+
+
+async def test_a_cancelled_batch_keeps_the_lines_that_ran(parts: Parts) -> None:
+    """A chunk cancelled midway: its first line ran and stays in the results and
+    the counts; the lines after it are cancelled."""
+    (done_gate, opened), (held, _) = parts.gate(), parts.gate()
+    opened.set()
+    items = [
+        {"custom_id": "ran", "input": {"gate": done_gate}},
+        {"custom_id": "stopped", "input": {"gate": held}},
+        {"custom_id": "never", "input": {"gate": done_gate}},
+    ]
+    chunk = NewJob(
+        kind=JobKind.BATCH_CHUNK, target="cancellable", max_attempts=1, steps=["chunk"],
+        input={"target_kind": "pipeline", "items": items},
+    )  # fmt: skip
+    batch = await parts.store.create_batch(
+        NewBatch(JobKind.PIPELINE, "cancellable", None, 3, []), [chunk]
+    )
+    async with running(parts):
+        chunk_id = (await parts.store.batch_chunks(batch.id, -1, 1))[0].id
+        await eventually(lambda: _progressed(parts, chunk_id))
+        await parts.store.cancel_batch(batch.id)
+        ended = await eventually(lambda: _finished_batch(parts, batch.id))
+    assert ended.status is BatchStatus.CANCELLED
+    assert (ended.completed, ended.failed) == (1, 0)
+    service = BatchService(parts.store, parts.service())
+    results = [orjson.loads(line) async for line in service.lines(batch.id, errors=False)]
+    assert [r["custom_id"] for r in results] == ["ran"]
+
+
+async def _progressed(parts: Parts, job_id: str) -> bool:
+    return (await parts.get(job_id)).progress > 0
+
+
+async def _finished_batch(parts: Parts, batch_id: str) -> Batch | None:
+    batch = await parts.store.get_batch(batch_id)
+    return batch if batch is not None and batch.finished_at is not None else None

@@ -102,6 +102,7 @@ async def test_a_creator_that_dies_midway_leaves_no_batch_to_report(
     assert creating is not None
     assert creating.status is BatchStatus.CREATING
     assert await sql_store.claim("w1", 500, lease_s=LEASE) == []  # no chunk runs before the seal
+    assert await sql_store.list_batches() == []  # nobody was told its id: not listed
     assert await sql_store.cancel_batch(batch_id) == creating  # nothing to cancel yet
     assert await sql_store.purge_abandoned_batches(created_before=clock()) == []  # not stale yet
     clock.advance(1)

@@ -8,6 +8,7 @@ advances it, never by sleeping; no assertion depends on how fast anything runs.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -549,6 +550,27 @@ async def test_request_cancel_of_a_running_job_only_flags_it(store: Store) -> No
     assert ended.status is JobStatus.CANCELLED
 
 
+async def test_cancels_requested_names_the_flagged_jobs(store: Store) -> None:
+    running = await store.create(new_job())
+    other = await store.create(new_job())
+    await store.claim("w1", 2, lease_s=LEASE)
+    assert await store.cancels_requested([running.id, other.id]) == set()
+    await store.request_cancel(running.id)
+    assert await store.cancels_requested([running.id, other.id, "job_missing"]) == {running.id}
+    assert await store.cancels_requested([]) == set()
+
+
+async def test_a_cancel_beats_the_result_of_a_running_job(store: Store) -> None:
+    job = await store.create(new_job())
+    claimed = await claim_one(store)
+    await store.request_cancel(job.id)
+    refused = await store.transition(
+        job.id, JobStatus.COMPLETED, lease=claimed.lease, unless_cancelled=True
+    )
+    assert refused is None
+    assert (await get(store, job.id)).status is JobStatus.PROCESSING
+
+
 async def test_request_cancel_of_a_finished_job_changes_nothing(
     store: Store, clock: FakeClock
 ) -> None:
@@ -675,7 +697,7 @@ async def test_a_batch_with_no_chunks_is_finished_at_creation(
     store: Store, clock: FakeClock
 ) -> None:
     batch = await store.create_batch(new_batch(total=2, invalid=2), [])
-    assert batch.status is BatchStatus.COMPLETED
+    assert batch.status is BatchStatus.FAILED  # every line failed
     assert batch.finished_at == clock()
     assert (batch.chunks, batch.failed, batch.refused) == (0, 2, 2)
     assert await store.batch_chunks(batch.id, -1, 10) == []
@@ -712,7 +734,42 @@ async def test_a_batch_counts_its_chunks_and_completes_at_the_last(
     final = await store.get_batch(batch.id)
     assert final is not None
     assert (final.completed, final.failed, final.chunks_done) == (3, 2, 2)
-    assert (final.status, final.finished_at) == (BatchStatus.COMPLETED, clock())
+    assert (final.status, final.finished_at) == (BatchStatus.PARTIALLY_FAILED, clock())
+
+
+@pytest.mark.parametrize(
+    ("lines", "outcome"),
+    [
+        ([(1, 0), (1, 0)], BatchStatus.COMPLETED),
+        ([(1, 0), (0, 1)], BatchStatus.PARTIALLY_FAILED),
+        ([(0, 1), (0, 1)], BatchStatus.FAILED),
+    ],
+)
+async def test_a_finished_batch_says_whether_its_lines_succeeded(
+    store: Store, lines: list[tuple[int, int]], outcome: BatchStatus
+) -> None:
+    batch = await store.create_batch(new_batch(total=2), [chunk(0), chunk(1)])
+    for job, delta in zip((await claim_all(store)).values(), lines, strict=True):
+        await store.transition(job.id, JobStatus.COMPLETED, lease=job.lease, batch_delta=delta)
+    done = await store.get_batch(batch.id)
+    assert done is not None
+    completed, failed = (sum(counts) for counts in zip(*lines, strict=True))
+    assert (done.status, done.completed, done.failed) == (outcome, completed, failed)
+    assert done.finished_at is not None
+
+
+async def test_batches_are_listed_newest_first_with_a_cursor(store: Store) -> None:
+    refused = await store.create_batch(new_batch(total=1, invalid=1), [])
+    running = await store.create_batch(new_batch(total=1), [chunk(0)])
+    other = await store.create_batch(replace(new_batch(total=1), target="other"), [chunk(0)])
+    assert [b.id for b in await store.list_batches()] == [other.id, running.id, refused.id]
+    page = await store.list_batches(limit=2)
+    assert [b.id for b in page] == [other.id, running.id]
+    assert [b.id for b in await store.list_batches(before=page[-1].id)] == [refused.id]
+    failed = await store.list_batches(status=BatchStatus.FAILED)
+    assert [b.id for b in failed] == [refused.id]
+    assert [b.id for b in await store.list_batches(target="other")] == [other.id]
+    assert await store.list_batches(status=BatchStatus.COMPLETED) == []
 
 
 async def test_cancel_batch_cancels_queued_chunks_and_flags_running_ones(

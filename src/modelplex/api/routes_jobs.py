@@ -13,8 +13,14 @@ from modelplex import errors
 from modelplex.api import payloads
 from modelplex.api.bodies import BatchFields, BatchForm, JobSubmit, JobSubmitForm
 from modelplex.api.deps import modelplex_of
-from modelplex.api.openapi_docs import problem_responses, query_parameters, schema_ref
+from modelplex.api.openapi_docs import (
+    json_content,
+    problem_responses,
+    query_parameters,
+    schema_ref,
+)
 from modelplex.api.schemas import (
+    BatchList,
     BatchView,
     DeliveryList,
     JobList,
@@ -27,7 +33,7 @@ from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.service import BytesUpload, JobService, SubmitRequest, Upload
-from modelplex.records import JobStatus
+from modelplex.records import BatchStatus, JobStatus
 
 router = APIRouter()
 
@@ -189,11 +195,16 @@ async def get_job_result(request: Request, job_id: str) -> Response:
     "/v1/jobs/{job_id}/cancel",
     tags=["jobs"],
     response_model=JobView,
-    summary="Cancel: a queued job at once, a running one at its next step boundary",
-    responses=_JOB_ERRORS,
+    summary="Cancel: a queued job at once (200, CANCELLED); a running one at its next step "
+    "boundary or cancellation check (202, cancel_requested: it ends CANCELLED)",
+    responses={
+        202: {"description": "Running: it stops and ends CANCELLED", **json_content("JobView")},
+        **problem_responses(errors.NotFound, errors.JobFinished, errors.Unavailable),
+    },
 )
 async def cancel_job(request: Request, job_id: str) -> Response:
-    return _json(job_view(await _jobs(request).cancel(job_id)))
+    job = await _jobs(request).cancel(job_id)
+    return _json(job_view(job), status=200 if job.status.finished else 202)
 
 
 @router.get(
@@ -274,6 +285,36 @@ async def _read_upload(upload: UploadFile | bytes | None) -> AsyncIterator[bytes
         yield data
 
 
+_LISTED_BATCH_STATES = [s.value for s in BatchStatus if s is not BatchStatus.CREATING]
+
+
+@router.get(
+    "/v1/batches",
+    tags=["batches"],
+    response_model=BatchList,
+    summary="List batches, newest first, with cursor pagination",
+    responses=problem_responses(errors.InvalidInput, errors.Unavailable),
+)
+async def list_batches(
+    request: Request,
+    status: str | None = Query(None, description=", ".join(_LISTED_BATCH_STATES)),
+    model: str | None = Query(None, description="Batches of this model or pipeline"),
+    pipeline: str | None = Query(None, description="Same as model, for pipelines"),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+) -> Response:
+    wanted = status.upper() if status else None
+    if wanted is not None and wanted not in _LISTED_BATCH_STATES:
+        raise InvalidInput(f"status must be one of {_LISTED_BATCH_STATES}")
+    found, next_cursor = await _batches(request).list_batches(
+        status=BatchStatus(wanted) if wanted else None,
+        target=model or pipeline,
+        limit=limit,
+        cursor=cursor,
+    )
+    return _json({"batches": [batch_view(b) for b in found], "next_cursor": next_cursor})
+
+
 @router.get(
     "/v1/batches/{batch_id}",
     tags=["batches"],
@@ -291,8 +332,8 @@ async def get_batch(request: Request, batch_id: str) -> Response:
     "/v1/batches/{batch_id}/cancel",
     tags=["batches"],
     response_model=BatchView,
-    summary="Cancel a batch's remaining chunks",
-    responses=_JOB_ERRORS,
+    summary="Cancel a batch: lines not started end CANCELLED, running ones stop at once",
+    responses=problem_responses(errors.NotFound, errors.JobFinished, errors.Unavailable),
 )
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     return _json(batch_view(await _batches(request).cancel(batch_id)))

@@ -224,7 +224,10 @@ class BatchRefusal(BaseModel):
 class BatchView(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
-    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"]
+    status: Literal["PROCESSING", "COMPLETED", "PARTIALLY_FAILED", "FAILED", "CANCELLED"] = Field(
+        description="COMPLETED: every line succeeded; PARTIALLY_FAILED: some failed; "
+        "FAILED: every line failed; CANCELLED: cancelled (finished once `finished_at` is set)."
+    )
     counts: BatchCounts
     refusals: list[BatchRefusal] | None = Field(
         default=None,
@@ -265,6 +268,11 @@ class PipelineView(BaseModel):
     input: PipelineInputSpec
     options: dict[str, Any] = Field(description="The pipeline's own settings, for its steps.")
     steps: list[PipelineStep]
+
+
+class BatchList(BaseModel):
+    batches: list[BatchView]
+    next_cursor: str | None
 
 
 class PipelineList(BaseModel):

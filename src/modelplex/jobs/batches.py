@@ -35,6 +35,7 @@ from modelplex.errors import (
     BatchNotFound,
     InternalError,
     InvalidInput,
+    JobFinished,
     PipelineNotReady,
 )
 from modelplex.jobs.batch_lines import LineParser, line_blocks
@@ -172,6 +173,16 @@ class BatchService:
             raise BatchNotFound(f"batch '{batch_id}' does not exist")
         return batch
 
+    async def list_batches(
+        self, *, status: BatchStatus | None, target: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Batch], str | None]:
+        """A page of batches, newest first, and the cursor of the next page (None: the last)."""
+        found = await self.store.list_batches(
+            status=status, target=target, limit=limit + 1, before=cursor
+        )
+        page = found[:limit]
+        return page, (page[-1].id if len(found) > limit and page else None)
+
     async def get_with_refusals(
         self, batch_id: str, limit: int
     ) -> tuple[Batch, list[dict[str, Any]]]:
@@ -182,11 +193,14 @@ class BatchService:
         return batch, refusals
 
     async def cancel(self, batch_id: str) -> Batch:
-        await self.get(batch_id)
+        """Chunks that have not started are CANCELLED at once, running ones stop
+        their lines at the next check; a batch that already finished (otherwise
+        than by a cancel) is JobFinished."""
+        _unless_finished(await self.get(batch_id))
         batch = await self.store.cancel_batch(batch_id)
         if batch is None:
             raise BatchNotFound(f"batch '{batch_id}' does not exist")
-        return batch
+        return _unless_finished(batch)
 
     async def lines(self, batch_id: str, *, errors: bool) -> AsyncIterator[bytes]:
         """The results (or errors) as JSONL, in input order within each chunk."""
@@ -208,8 +222,14 @@ class BatchService:
                         yield orjson.dumps(item) + b"\n"
 
     async def _chunk_lines(self, chunk: Job) -> list[dict[str, Any]]:
-        if chunk.status is JobStatus.COMPLETED:
-            result = await self.jobs.result(chunk.id)
+        # A cancelled chunk keeps the lines that ran before the cancel reached it.
+        kept = chunk.status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+        if kept and (chunk.result is not None or chunk.result_ref is not None):
+            result = (
+                chunk.result
+                if chunk.result_ref is None
+                else orjson.loads(await self.jobs.blobs.get(chunk.result_ref))
+            )
             items: list[dict[str, Any]] = result["items"]
             return items
         if chunk.status is JobStatus.FAILED:
@@ -220,7 +240,13 @@ class BatchService:
                 else orjson.loads(await self.jobs.blobs.get(chunk.input_ref))
             )
             return [{"custom_id": item["custom_id"], "error": error} for item in data["items"]]
-        return []  # still running, or cancelled: nothing to report for its lines
+        return []  # still running, or cancelled before any of its lines ran
+
+
+def _unless_finished(batch: Batch) -> Batch:
+    if batch.finished_at is not None and batch.status is not BatchStatus.CANCELLED:
+        raise JobFinished(f"batch '{batch.id}' has already finished: {batch.status.value}")
+    return batch
 
 
 def chunk_inputs(

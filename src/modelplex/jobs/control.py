@@ -38,6 +38,8 @@ class Failed:
 @dataclass(slots=True)
 class Cancelled:
     lines: tuple[int, int] | None = None
+    result: Any = None
+    """For batch chunks: the lines that ran before the cancel reached them."""
 
 
 Outcome = Completed | Failed | Cancelled

@@ -37,6 +37,7 @@ DEFAULT_STEP_THREADS = 4
 STOP_GRACE_S = 10.0
 CHUNK_LINES_IN_FLIGHT = 64
 LINE_ATTEMPTS = 3
+CANCEL_CHECK_S = 0.05
 LINE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 """A batch line that failed transiently (the model's queue was full) waits this long."""
 
@@ -156,21 +157,28 @@ class JobRunner:
         options: dict[str, Any] = data.get("options") or {}
         control.update_step(0, status=StepStatus.RUNNING.value, started_at=time.time())
         if data.get("target_kind") == JobKind.MODEL.value:
-            results = await self._chunk_model(job, items, options)
+            results = await self._chunk_model(job, items, options, control)
         else:
             results = await self._chunk_pipeline(job, items, control)
-        ok = sum(1 for r in results if "output" in r)
+        ran = [r for r in results if r is not None]
+        ok = sum(1 for r in ran if "output" in r)
+        lines = (ok, len(ran) - ok)
+        if len(ran) < len(items):  # the cancel stopped lines that had not run
+            control.update_step(0, status=StepStatus.CANCELLED.value, finished_at=time.time())
+            return Cancelled(lines, {"items": ran})
         control.update_step(
             0, status=StepStatus.COMPLETED.value, finished_at=time.time(), progress=1.0
         )
-        return Completed({"items": results}, lines=(ok, len(results) - ok))
+        return Completed({"items": ran}, lines=lines)
 
     async def _chunk_model(
-        self, job: Job, items: list[dict[str, Any]], options: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+        self, job: Job, items: list[dict[str, Any]], options: dict[str, Any], control: JobControl
+    ) -> list[dict[str, Any] | None]:
         """Lines go to the model together (they meet in its batcher and share calls),
         a bounded number at a time so a big chunk cannot overflow the model's queue;
-        a line that fails fails alone, after retries if its failure was transient."""
+        a line that fails fails alone, after retries if its failure was transient.
+        A cancel stops every line that has no answer yet (None): those waiting in
+        the model's queue leave it without running."""
         gate = asyncio.Semaphore(CHUNK_LINES_IN_FLIGHT)
 
         async def one(item: dict[str, Any]) -> dict[str, Any]:
@@ -191,26 +199,45 @@ class JobRunner:
                         return {"custom_id": item["custom_id"], "error": error}
                 await asyncio.sleep(LINE_BACKOFF.delay(attempts))
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+        lines = [asyncio.create_task(one(item), name=f"line:{job.id}") for item in items]
+        watch = asyncio.create_task(_stop_on_cancel(control, lines), name=f"cancel:{job.id}")
+        try:
+            await asyncio.wait(lines)
+        finally:
+            watch.cancel()
+            for line in lines:  # the chunk itself was cancelled (a drain): so are its lines
+                line.cancel()
+        return [None if line.cancelled() else line.result() for line in lines]
 
     async def _chunk_pipeline(
         self, job: Job, items: list[dict[str, Any]], control: JobControl
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, Any] | None]:
         pipeline = self._pipeline(job.target)
-        results = []
+        results: list[dict[str, Any] | None] = [None] * len(items)
         for n, item in enumerate(items):
             if control.cancel.is_set():
-                raise JobCancelled()
+                break
             # Each line runs the pipeline on its own; its steps are not the chunk's.
             scratch = JobControl(job, cancel=control.cancel)
             scratch.steps = pending_steps(pipeline.step_names)
             try:
                 output = await PipelineRun(self, pipeline, scratch).run(item["input"])
-                results.append({"custom_id": item["custom_id"], "output": output})
+                results[n] = {"custom_id": item["custom_id"], "output": output}
             except StepFailure as failure:
-                results.append({"custom_id": item["custom_id"], "error": failure.error.as_dict()})
+                results[n] = {"custom_id": item["custom_id"], "error": failure.error.as_dict()}
+            except JobCancelled:
+                break
             control.update_step(0, progress=round((n + 1) / len(items), 4))
         return results
+
+
+async def _stop_on_cancel(control: JobControl, lines: list[asyncio.Task[Any]]) -> None:
+    """Cancel the lines still running once the chunk's cancel is set (a thread-safe
+    flag, so it is looked at: a few times a second is well within the worker's poll)."""
+    while not control.cancel.is_set():  # noqa: ASYNC110 (a threading.Event: steps' threads read it)
+        await asyncio.sleep(CANCEL_CHECK_S)
+    for line in lines:
+        line.cancel()
 
 
 def _answer(result: InferenceResult, top_k: int | None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from modelplex.core.validation import CheckedRequest, check
 from modelplex.errors import (
     IdempotencyConflict,
     InvalidInput,
+    JobFinished,
     JobNotFinished,
     JobNotFound,
     ModelNotFound,
@@ -279,15 +280,19 @@ class JobService:
         return jobs, (jobs[-1].id if more and jobs else None)
 
     async def cancel(self, job_id: str) -> Job:
+        """A queued job comes back CANCELLED; a running one with `cancel_requested`,
+        and then it ends CANCELLED whatever its run comes to (the worker's final
+        write is guarded by the flag). A job that already COMPLETED or FAILED is
+        JobFinished; one already CANCELLED comes back as it is (a retried cancel)."""
         job = await self.get(job_id)
         if job.status.finished:
-            return job
+            return _unless_finished(job)
         # Written only if the job is still queued (a running one's worker sends it).
         events = finish_event(job, JobStatus.CANCELLED, error=CANCELLED_BY_REQUEST)
         cancelled = await self.store.request_cancel(job_id, events)
         if cancelled is None:
             raise JobNotFound(f"job '{job_id}' does not exist")
-        return cancelled
+        return _unless_finished(cancelled)  # it may have finished since it was read
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         await self.get(job_id)
@@ -313,6 +318,13 @@ def _checked(document: Any, served: ServedVersion) -> CheckedRequest:
         outputs=body.outputs,
     )
     return check(served, inference)
+
+
+def _unless_finished(job: Job) -> Job:
+    """The job, unless it finished otherwise than by a cancel: nothing to cancel."""
+    if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise JobFinished(f"job '{job.id}' has already finished: {job.status.value}")
+    return job
 
 
 def check_metadata(metadata: Any) -> None:

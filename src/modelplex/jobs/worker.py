@@ -57,6 +57,10 @@ from modelplex.storage.interface import JobStore
 
 log = logging.getLogger(__name__)
 
+CANCEL_POLL_S = 0.2
+"""How often a busy worker asks the store which of its jobs were cancelled: a
+cancel reaches a running job's next check within this, not within a heartbeat."""
+PROGRESS_EVERY_S = 0.5
 WRITE_ATTEMPTS = 5
 STORE_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
 """How a worker waits for a job database that went away (writes and claims)."""
@@ -236,6 +240,8 @@ class Worker:
         if isinstance(outcome, Cancelled):
             target = JobStatus.CANCELLED
             values["error"] = entry["error"] = CANCELLED_BY_REQUEST
+            if outcome.result is not None:  # a chunk's lines that ran before the cancel
+                values.update(await self._result_fields(outcome.result))
         elif isinstance(outcome, Failed):
             entry["error"] = values["error"] = outcome.error.as_dict()
             policy = replace(self._config.retry, max_attempts=job.max_attempts)
@@ -246,12 +252,30 @@ class Worker:
                 lines = (0, len((job.input or {}).get("items", [])))
         values["history"] = [*history, entry]
         written = await self._write(job, target, values, events, lines)
-        if written is None and target is JobStatus.QUEUED:
-            # A cancel arrived while it ran: it ends CANCELLED instead of retrying.
-            values["error"] = CANCELLED_BY_REQUEST
-            written = await self._write(job, JobStatus.CANCELLED, values, events, lines)
+        if written is None and target is not JobStatus.CANCELLED:
+            written = await self._cancel_instead(job, values, events, lines)
         if written is None:
             log.warning("job %s: lease lost before it finished; result discarded", job.id)
+
+    async def _cancel_instead(
+        self, job: Job, values: JobChanges, events: list[NewDelivery],
+        lines: tuple[int, int] | None,
+    ) -> Job | None:  # fmt: skip
+        """A cancel accepted while the job ran wins over its outcome (a result, a
+        failure, a retry): the cancel's answer said it would end CANCELLED. Only a
+        chunk keeps what it ran, as lines of its batch."""
+        current = await self._store.get(job.id)
+        if current is None or not current.cancel_requested:
+            return None  # not a cancel: the lease was lost
+        ref = values.get("result_ref")
+        if job.kind is not JobKind.BATCH_CHUNK or values.get("error") is not None:
+            values["result"], values["result_ref"], lines = None, None, None
+            if ref is not None:
+                with contextlib.suppress(Exception):  # an orphan blob is harmless
+                    await self._blobs.delete(ref)
+        values["error"] = values["history"][-1]["error"] = CANCELLED_BY_REQUEST
+        values.pop("run_after_s", None)
+        return await self._write(job, JobStatus.CANCELLED, values, events, lines)
 
     async def _write(
         self, job: Job, target: JobStatus, values: JobChanges,
@@ -266,7 +290,8 @@ class Worker:
                     changes=values,
                     deliveries_out=events + finish_event(job, target, self._clock(), **values),
                     batch_delta=(lines or (0, 0)) if target.finished else None,
-                    unless_cancelled=target is JobStatus.QUEUED,
+                    # Once a cancel is accepted, nothing but CANCELLED ends the job.
+                    unless_cancelled=target is not JobStatus.CANCELLED,
                 )
             except StoreUnavailable as exc:
                 log.warning("job %s: cannot write outcome (%s); retrying", job.id, exc)
@@ -286,23 +311,39 @@ class Worker:
             await self._store.release(job.id, job.lease)
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
-        """Renew leases, read cancel requests, flush progress: every lease/3 seconds
-        (progress more often, when there is any). Never dies of an error: a dead
-        heartbeat would let every lease expire and every job run twice."""
+        """Renew leases every lease/3 seconds, read cancel requests every
+        `CANCEL_POLL_S`, flush progress every `PROGRESS_EVERY_S`. Never dies of an
+        error: a dead heartbeat would let every lease expire and every job run twice."""
         interval = self._config.lease_s / 3
-        last_renew = 0.0
+        last_renew = last_flush = 0.0
         while True:
             if not self._running:  # nothing to renew or flush: no timer while idle
                 self._busy.clear()
                 await self._busy.wait()
-            await asyncio.sleep(min(0.5, interval))
+            await asyncio.sleep(min(CANCEL_POLL_S, interval))
             try:
                 if time.monotonic() - last_renew >= interval and self._running:
                     last_renew = time.monotonic()
-                    await self._renew()
-                await self._flush_progress()
+                    await self._renew()  # it reads cancel requests too
+                else:
+                    await self._poll_cancels()
+                if time.monotonic() - last_flush >= PROGRESS_EVERY_S:
+                    last_flush = time.monotonic()
+                    await self._flush_progress()
             except Exception as exc:
                 log.error("worker %s heartbeat failed", self.id, exc_info=exc)
+
+    async def _poll_cancels(self) -> None:
+        """Tell running jobs whose cancel was requested: a read of their rows."""
+        waiting = {i: c for i, (_t, c) in self._running.items() if not c.cancel.is_set()}
+        if not waiting:
+            return
+        try:
+            cancelled = await self._store.cancels_requested(list(waiting))
+        except StoreUnavailable:
+            return  # the next poll, or the heartbeat, asks again
+        for job_id in cancelled:
+            waiting[job_id].cancel.set()
 
     async def _renew(self) -> None:
         sent = dict(self._running)

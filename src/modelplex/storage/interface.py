@@ -16,13 +16,14 @@ nothing and returns None.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from modelplex.records import (
     Batch,
+    BatchStatus,
     Delivery,
     DeliveryStatus,
     Job,
@@ -91,6 +92,11 @@ class JobStore(Protocol):
         that have not expired: job id -> cancel requested. Jobs missing from the
         answer are no longer this worker's (finished, re-claimed, or their lease
         expired: a renewal never revives an expired lease)."""
+        ...
+
+    async def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        """Of these jobs, the ones whose cancel was requested: a read, cheap enough
+        for a busy worker to ask a few times a second."""
         ...
 
     async def next_due_in(self) -> float | None:
@@ -175,6 +181,18 @@ class BatchStore(Protocol):
         ...
 
     async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Batch]:
+        """Newest first, never one still CREATING; `before` is the cursor (the last
+        id of the previous page)."""
+        ...
 
     async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
         """Chunk jobs in order, after chunk index `after_index`."""

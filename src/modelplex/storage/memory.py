@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import replace
 from enum import StrEnum
@@ -34,6 +34,7 @@ from modelplex.records import (
     NewDelivery,
     NewJob,
     allowed_sources,
+    batch_outcome,
     pending_steps,
 )
 from modelplex.storage.interface import BatchPart, DuplicateKey, ModelGeneration, Store
@@ -219,6 +220,9 @@ class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog):
             held[job_id] = job.cancel_requested
         return held
 
+    async def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        return {i for i in job_ids if (job := self._jobs.get(i)) and job.cancel_requested}
+
     async def transition(
         self,
         job_id: str,
@@ -375,13 +379,14 @@ class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog):
 
     def _count_chunks(self, batch_id: str, chunks: int, lines: tuple[int, int], now: float) -> None:
         """Chunks finished: add their lines to the batch's counts. When the last chunk is
-        done the batch is finished: COMPLETED, unless it was cancelled (it stays so)."""
+        done the batch is finished: COMPLETED, PARTIALLY_FAILED or FAILED by its lines,
+        unless it was cancelled (it stays so)."""
         batch = self._batches[batch_id]  # a chunk's batch goes only with the chunk (purge)
         batch.completed += lines[0]
         batch.failed += lines[1]
         batch.chunks_done += chunks
         if batch.chunks_done >= batch.chunks:
-            _move(batch, BatchStatus.COMPLETED, BATCH_ALLOWED_FROM)
+            _move(batch, batch_outcome(batch.completed, batch.total), BATCH_ALLOWED_FROM)
             if batch.finished_at is None:
                 batch.finished_at = now
 

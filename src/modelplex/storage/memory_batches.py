@@ -6,7 +6,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
-from modelplex.records import Batch, Job
+from modelplex.records import Batch, BatchStatus, Job
 
 Lines = list[dict[str, Any]]
 
@@ -21,6 +21,24 @@ class BatchReads:
 
     async def get_batch(self, batch_id: str) -> Batch | None:
         return deepcopy(self._batches.get(batch_id))
+
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Batch]:
+        found = [
+            b
+            for b in sorted(self._batches.values(), key=lambda b: b.id, reverse=True)
+            if b.status is not BatchStatus.CREATING
+            and (status is None or b.status is status)
+            and (target is None or b.target == target)
+            and (before is None or b.id < before)
+        ]
+        return [deepcopy(b) for b in found[:limit]]
 
     async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
         ids = self._chunks.get(batch_id, [])

@@ -21,6 +21,7 @@ from modelplex.records import (
     JobStatus,
     NewBatch,
     NewJob,
+    batch_outcome,
 )
 from modelplex.storage.interface import BatchPart
 from modelplex.storage.sql.base import SqlBase
@@ -138,6 +139,31 @@ class BatchQueries(SqlBase):
         async with self._read() as conn:
             return await self._get_batch(conn, batch_id)
 
+    async def list_batches(
+        self,
+        *,
+        status: BatchStatus | None = None,
+        target: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Batch]:
+        """Newest first (ids sort by creation), by the primary key's index."""
+        query = (
+            select(batches)
+            .where(batches.c.status != BatchStatus.CREATING.value)
+            .order_by(batches.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(batches.c.status == status.value)
+        if target is not None:
+            query = query.where(batches.c.target == target)
+        if before is not None:
+            query = query.where(batches.c.id < before)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [batch_from_row(r) for r in rows]
+
     async def batch_chunks(self, batch_id: str, after_index: int, limit: int) -> list[Job]:
         query = (
             select(jobs)
@@ -234,22 +260,35 @@ class BatchQueries(SqlBase):
         conn: AsyncConnection, batch_id: str, chunks: int, lines: tuple[int, int], now: float
     ) -> None:
         """Chunks finished: add their lines to the batch's counts, in their transaction.
-        When the last chunk is done the batch is finished: COMPLETED, unless it was
-        cancelled (then it stays CANCELLED)."""
+        When the last chunk is done the batch is finished: COMPLETED, PARTIALLY_FAILED
+        or FAILED by its lines (`batch_outcome`, here in SQL over the counts just
+        written), unless it was cancelled (then it stays CANCELLED)."""
         completed, failed = lines
+        counts = (
+            await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id)
+                .values(
+                    completed=batches.c.completed + completed,
+                    failed=batches.c.failed + failed,
+                    chunks_done=batches.c.chunks_done + chunks,
+                )
+                .returning(
+                    batches.c.completed, batches.c.total, batches.c.chunks_done, batches.c.chunks
+                )
+            )
+        ).first()
+        if counts is None or counts.chunks_done < counts.chunks:
+            return
+        # The counts were read under this transaction's lock on the row: they are final.
+        outcome = batch_outcome(counts.completed, counts.total)
+        await conn.execute(
+            status_update(batches, outcome, BATCH_ALLOWED_FROM, batches.c.id == batch_id)
+        )
         await conn.execute(
             update(batches)
-            .where(batches.c.id == batch_id)
-            .values(
-                completed=batches.c.completed + completed,
-                failed=batches.c.failed + failed,
-                chunks_done=batches.c.chunks_done + chunks,
-            )
-        )
-        done = (batches.c.id == batch_id, batches.c.chunks_done >= batches.c.chunks)
-        await conn.execute(status_update(batches, BatchStatus.COMPLETED, BATCH_ALLOWED_FROM, *done))
-        await conn.execute(
-            update(batches).where(*done, batches.c.finished_at.is_(None)).values(finished_at=now)
+            .where(batches.c.id == batch_id, batches.c.finished_at.is_(None))
+            .values(finished_at=now)
         )
 
 

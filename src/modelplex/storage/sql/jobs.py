@@ -16,7 +16,7 @@ a job whose lease expired counts a crash, not one of the job's attempts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, tuple_, update
@@ -248,6 +248,15 @@ class SqlStore(TransitionQueries, RepositoryQueries):
         async with self._tx() as conn:
             rows = (await conn.execute(statement)).all()
         return {r.id: bool(r.cancel_requested) for r in rows}
+
+    async def cancels_requested(self, job_ids: Collection[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        query = select(jobs.c.id).where(
+            jobs.c.id.in_(sorted(job_ids)), jobs.c.cancel_requested.is_(True)
+        )
+        async with self._read() as conn:
+            return set((await conn.execute(query)).scalars().all())
 
     async def update_progress(
         self,
