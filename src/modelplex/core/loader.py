@@ -15,7 +15,12 @@ from pathlib import Path
 from modelplex.core.batching import Batcher
 from modelplex.core.catalog import ModelState, version_sort_key
 from modelplex.core.classification import Classifier, read_labels
-from modelplex.core.model_config import ModelConfig, RuntimeKind, load_model_config
+from modelplex.core.model_config import (
+    ModelConfig,
+    RuntimeKind,
+    declares_required,
+    load_model_config,
+)
 from modelplex.core.preprocessing import ImagePreprocessor
 from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.runtimes import Runtime, RuntimeSpec, load_runtime
@@ -58,7 +63,7 @@ class VersionLoader:
             if not NAME.match(name):
                 raise ModelLoadError(f"'{name}' is not a valid model name")
             config = load_model_config(folder / MODEL_FILE)
-            entry.config = config
+            entry.config, entry.required = config, config.required
             if config.classification and config.classification.labels:
                 entry.labels = read_labels(folder / config.classification.labels)
             versions = sorted(
@@ -86,6 +91,8 @@ class VersionLoader:
         except Exception as exc:
             log.error("model %s failed to load", name, exc_info=exc)
             state, reason = ModelState.FAILED, describe_failure(exc)
+            if entry.config is None:  # a broken model.toml can still say it is required
+                entry.required = declares_required(folder / MODEL_FILE)
         entry.state, entry.reason = state, reason
         log.info(
             "model %s: %s, versions %s (default %s) in %.2fs",

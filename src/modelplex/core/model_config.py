@@ -14,6 +14,7 @@ instead of being silently ignored. See docs/model-repository.md.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -129,6 +130,8 @@ class ModelConfig(_Strict):
     """File inside each version folder; defaults by runtime (model.onnx, ...)."""
     default_version: str | None = None
     timeout_ms: int | None = Field(default=None, gt=0)
+    required: bool = False
+    """The server is not ready (`/readyz`, V2 server readiness) while this model has failed."""
     inputs: list[TensorConfig] = Field(min_length=1)
     outputs: list[TensorConfig] = Field(min_length=1)
     batching: BatchingConfig = BatchingConfig()
@@ -193,6 +196,22 @@ def read_toml_config(path: Path, schema: type[C], error: type[ModelLoadError]) -
             for err in exc.errors()
         )
         raise error(f"{path.name} is invalid: {problems}") from exc
+
+
+_REQUIRED_LINE = re.compile(r"^\s*required\s*=\s*true\s*(#.*)?$", re.MULTILINE)
+
+
+def declares_required(path: Path) -> bool:
+    """Whether a model.toml that failed validation (or is not even valid TOML) says
+    `required = true` at its top: its model must keep the server not ready."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        return tomllib.loads(text).get("required") is True
+    except tomllib.TOMLDecodeError:  # before the first table, as TOML would read it
+        return bool(_REQUIRED_LINE.search(text.split("\n[", 1)[0]))
 
 
 def load_model_config(path: Path) -> ModelConfig:
