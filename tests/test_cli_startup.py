@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from tests.helpers import write_python_model
@@ -157,3 +158,94 @@ def test_replicas_still_share_their_own_ports(tmp_path: Path, repo: Path) -> Non
         server.wait_for(f"gRPC listening on port {grpc_port}")
         assert server.process.poll() is None
     assert not any("in use" in line or "exited with" in line for line in server.seen)
+
+
+# -- configuration errors -----------------------------------------------------------
+def _clean(stderr: str) -> None:
+    """An expected configuration error: no traceback, no pydantic rendering."""
+    assert "Traceback" not in stderr
+    assert "errors.pydantic.dev" not in stderr
+    assert "validation error" not in stderr
+
+
+def test_a_bad_environment_value_names_the_variable(tmp_path: Path, repo: Path) -> None:
+    env = cli_env(tmp_path, MODELPLEX_MAX_REQUEST_BYTES="lots", MODELPLEX_LOG_LEVEL="loud")
+    result = _serve(repo, free_port(), env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "environment variable MODELPLEX_MAX_REQUEST_BYTES: expected a valid integer, "
+        "unable to parse string as an integer, got 'lots'",
+        "environment variable MODELPLEX_LOG_LEVEL: expected 'debug', 'info', 'warning' or "
+        "'error', got 'loud'",
+    ]
+    _clean(result.stderr)
+
+
+def test_a_typo_in_the_settings_file_names_the_file_and_key(tmp_path: Path, repo: Path) -> None:
+    config = tmp_path / "modelplex.toml"
+    config.write_text("prot = 9000\ndefault_timeout_ms = 0\n")
+    env = cli_env(tmp_path)
+    result = subprocess.run(
+        [*CLI, "serve", "--config", str(config), "--model-repository", str(repo)],
+        capture_output=True, text=True, timeout=START_TIMEOUT_S, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}: default_timeout_ms: expected greater than 0, got 0",
+        f"{config}: prot: unknown key (did you mean 'port'?)",
+    ]
+    _clean(result.stderr)
+
+
+def test_a_typo_in_model_toml_and_an_unknown_variable(tmp_path: Path, repo: Path) -> None:
+    """The model's FAILED reason and the log say where the typo is and what was meant,
+    without a traceback; an unknown MODELPLEX_ variable is warned about at start-up."""
+    typo = write_python_model(repo, "typo")
+    toml = typo / "model.toml"
+    toml.write_text(toml.read_text().replace("[python]\n", '[python]\nclas_name = "Model"\n'))
+    port = free_port()
+    env = cli_env(tmp_path, MODELPLEX_GRPC_ENABLED="false", MODELPLEX_PROT="9000")
+    args = ["serve", "--port", str(port), "--model-repository", str(repo)]
+    expected = "model.toml: python.clas_name: unknown key (did you mean 'class_name'?)"
+    with cli_process(args, env) as server:
+        warning = server.wait_for("MODELPLEX_PROT")
+        assert warning.endswith(
+            "WARNING modelplex.server: unknown environment variable MODELPLEX_PROT is ignored "
+            "(did you mean 'MODELPLEX_PORT'?)"
+        )
+        assert server.wait_for("model typo failed to load").endswith(
+            f"model typo failed to load: {expected}"
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _until_serving(http, server)
+            models = http.get("/v1/models").json()["models"]
+        assert {m["name"]: m["reason"] for m in models}["typo"] == expected
+    assert not any("Traceback" in line for line in server.seen)
+
+
+def _until_serving(http: httpx.Client, server: Running) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, server.seen
+        try:
+            if http.get("/readyz").json()["status"] != "loading":
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server never finished loading")
+
+
+# -- the worker says what it works on ------------------------------------------------
+def test_the_worker_logs_its_database_and_repository(
+    tmp_path: Path, repo: Path, postgres_url: str
+) -> None:
+    with_password = postgres_url.replace("://postgres@", "://postgres:s3cret-pw@", 1)
+    assert with_password != postgres_url
+    env = cli_env(tmp_path, MODELPLEX_DATABASE_URL=with_password)
+    with cli_process(["worker", "--model-repository", str(repo)], env) as worker:
+        line = worker.wait_for("modelplex worker:")
+        masked = with_password.replace("s3cret-pw", "***")
+        assert line.endswith(f"modelplex worker: jobs from {masked}, models from {repo}")
+        worker.wait_for("alembic", timeout_s=START_TIMEOUT_S)  # it got as far as the database
+    assert not any("s3cret" in seen for seen in worker.seen)

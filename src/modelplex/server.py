@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -31,8 +32,11 @@ from types import TracebackType
 from typing import Any
 
 import uvloop
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from modelplex.app import Modelplex, ModelplexWorker
+from modelplex.app import Modelplex, ModelplexWorker, database_url
+from modelplex.config_errors import unknown_environment
 from modelplex.errors import ConfigurationError, ModelLoadError
 from modelplex.examples import ensure_example_repository
 from modelplex.process import configure_logging
@@ -181,8 +185,23 @@ class _Process:
         self.http.should_exit = True
 
 
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line: its password replaced by `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL sqlalchemy reads: hide whatever sits before '@'
+        return re.sub(r"://[^/@]*@", "://***@", url)
+
+
+def warn_unknown_environment() -> None:
+    """At start-up: one warning per `MODELPLEX_*` variable that no setting reads."""
+    for line in unknown_environment().values():
+        log.warning("%s", line)
+
+
 def serve(settings: Settings) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
+    warn_unknown_environment()
     repository = resolve_repository(settings)
     sock = _bind_first(settings)
     host, port = sock.getsockname()[:2]
@@ -300,6 +319,12 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
 
 def run_worker(settings: Settings, repository: Path) -> None:
     """`modelplex worker`: run jobs in the foreground until SIGINT/SIGTERM, then drain."""
+    warn_unknown_environment()
+    # Which database and repository: a worker pointed at the wrong ones runs nothing.
+    log.info(
+        "modelplex worker: jobs from %s, models from %s",
+        masked_url(database_url(settings)), repository.resolve(),
+    )  # fmt: skip
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # batch and job work yields to synchronous traffic
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelplex.config_errors import dotted, problems
 from modelplex.core.tensors import Datatype, TensorSpec
 from modelplex.errors import ModelLoadError
 
@@ -187,15 +188,14 @@ def read_toml_config(path: Path, schema: type[C], error: type[ModelLoadError]) -
     except OSError as exc:  # unreadable (permissions, a directory of that name)
         raise error(f"{path.name} cannot be read ({type(exc).__name__})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path.name} is not valid TOML: {exc}") from exc
+        raise error(f"{path.name} is not valid TOML: {exc}") from None
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise error(f"{path.name} is invalid: {problems}") from exc
+        # One line per problem, naming the file and key (a did-you-mean for typos);
+        # a model's FAILED reason is one line, so they are joined with "; ".
+        lines = problems(exc, schema, lambda loc: f"{path.name}: {dotted(loc) or '(top level)'}")
+        raise error("; ".join(lines)) from None
 
 
 _REQUIRED_LINE = re.compile(r"^\s*required\s*=\s*true\s*(#.*)?$", re.MULTILINE)
