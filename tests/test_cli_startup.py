@@ -148,14 +148,25 @@ def test_serve_refuses_a_grpc_port_another_grpc_server_holds(
     assert "Traceback" not in result.stderr
 
 
-def test_replicas_still_share_their_own_ports(tmp_path: Path, repo: Path) -> None:
-    """The first process and its replica both listen on the HTTP and gRPC ports."""
-    grpc_port = free_port()
+def test_replicas_share_their_own_ports_and_another_modelplex_is_refused(
+    tmp_path: Path, repo: Path
+) -> None:
+    """The first process and its replica both listen on the HTTP and gRPC ports
+    (SO_REUSEPORT); a second modelplex on either port is refused all the same."""
+    http_port, grpc_port = free_port(), free_port()
     env = cli_env(tmp_path, MODELPLEX_GRPC_PORT=str(grpc_port), MODELPLEX_HTTP_PROCESSES="2")
-    args = ["serve", "--port", str(free_port()), "--model-repository", str(repo)]
+    args = ["serve", "--port", str(http_port), "--model-repository", str(repo)]
     with cli_process(args, env) as server:
         server.wait_for(f"gRPC listening on port {grpc_port}")
-        server.wait_for(f"gRPC listening on port {grpc_port}")
+        server.wait_for(f"gRPC listening on port {grpc_port}")  # the replica's
+        second = _serve(
+            repo, free_port(), cli_env(tmp_path / "2", MODELPLEX_GRPC_PORT=str(grpc_port))
+        )
+        assert second.returncode != 0
+        assert f"gRPC port {grpc_port} on 127.0.0.1 is already in use" in second.stderr
+        third = _serve(repo, http_port, cli_env(tmp_path / "3", MODELPLEX_GRPC_ENABLED="false"))
+        assert third.returncode != 0
+        assert f"HTTP port {http_port} on 127.0.0.1 is already in use" in third.stderr
         assert server.process.poll() is None
     assert not any("in use" in line or "exited with" in line for line in server.seen)
 
