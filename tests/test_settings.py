@@ -41,3 +41,29 @@ def test_invalid_values_and_unknown_keys_are_rejected(tmp_path: Path) -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Settings(config_file=tmp_path / "absent.toml")
+
+
+def test_unknown_environment_variables_are_found_with_a_did_you_mean() -> None:
+    from modelplex.config_errors import unknown_environment
+
+    found = unknown_environment(
+        {"MODELPLEX_PROT": "1", "MODELPLEX_PORT": "2", "MODELPLEX_URL": "x", "HOME": "/"}
+    )
+    assert found == {
+        "MODELPLEX_PROT": "unknown environment variable MODELPLEX_PROT is ignored "
+        "(did you mean 'MODELPLEX_PORT'?)"
+    }
+
+
+def test_invalid_settings_name_their_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelplex.config_errors import load_settings
+    from modelplex.errors import ConfigurationError
+
+    monkeypatch.setenv("MODELPLEX_WORKERS", "many")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(port=70000)
+    assert str(raised.value).splitlines() == [
+        "port (command-line option): expected less than or equal to 65535, got 70000",
+        "environment variable MODELPLEX_WORKERS: expected a valid integer, unable to parse "
+        "string as an integer, got 'many'",
+    ]

@@ -51,10 +51,15 @@ def _main(
 
 
 def _settings(**overrides: Any) -> Settings:
+    """The settings, or exit 2 with one line per problem (where, key, what was expected)."""
+    from modelplex.config_errors import load_settings
+    from modelplex.errors import ConfigurationError
+
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(f"invalid settings: {exc}")
+        return load_settings(**overrides)
+    except ConfigurationError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def _fail(message: str) -> NoReturn:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -30,9 +32,12 @@ from types import TracebackType
 from typing import Any
 
 import uvloop
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from modelplex.app import Modelplex, ModelplexWorker
-from modelplex.errors import ModelLoadError
+from modelplex.app import Modelplex, ModelplexWorker, database_url
+from modelplex.config_errors import unknown_environment
+from modelplex.errors import ConfigurationError, ModelLoadError
 from modelplex.examples import ensure_example_repository
 from modelplex.process import configure_logging
 from modelplex.replicas import Replicas, read_replica_arguments, replica_settings, watch_parent
@@ -59,6 +64,32 @@ def resolve_repository(settings: Settings) -> Path:
     return ensure_example_repository(settings.cache_dir)
 
 
+def _in_use(host: str, port: int, what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what} port {port} on {host} is already in use by another process: "
+        f"stop it or choose another port"
+    )
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse a port that another process holds, before this one shares it.
+
+    The probe binds without `SO_REUSEPORT`: a socket with it (ours when replicas
+    share a port, grpcio's by default) would silently share a port with a foreign
+    socket that set it too, and clients would reach either server at random."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _in_use(host, port, what) from None
+            raise
+
+
 def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
     """A listening socket; `shared`: other processes of this server bind the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -69,11 +100,24 @@ def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
     try:
         sock.bind((host, port))
         sock.listen(2048)
-    except OSError:
+    except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise _in_use(host, port, "HTTP") from None
         raise
     sock.setblocking(False)
     return sock
+
+
+def _bind_first(settings: Settings) -> socket.socket:
+    """The first serving process's HTTP socket, once both of its ports are known
+    to be free (replicas bind after it, on purpose, without this check)."""
+    shared = settings.effective_http_processes > 1
+    if shared:
+        check_port_free(settings.host, settings.port, "HTTP")
+    if settings.grpc_enabled:
+        check_port_free(settings.host, settings.grpc_port, "gRPC")
+    return _bind(settings.host, settings.port, shared=shared)
 
 
 class _Process:
@@ -117,6 +161,7 @@ class _Process:
                 grpc_server = GrpcServer(
                     self.modelplex.v2, settings.host, settings.grpc_port,
                     settings.max_request_bytes, settings.max_tensor_elements,
+                    shared=self.replica or settings.effective_http_processes > 1,
                 )  # fmt: skip
                 await grpc_server.start()
                 self.grpc_port = grpc_server.port
@@ -140,10 +185,25 @@ class _Process:
         self.http.should_exit = True
 
 
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line: its password replaced by `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL sqlalchemy reads: hide whatever sits before '@'
+        return re.sub(r"://[^/@]*@", "://***@", url)
+
+
+def warn_unknown_environment() -> None:
+    """At start-up: one warning per `MODELPLEX_*` variable that no setting reads."""
+    for line in unknown_environment().values():
+        log.warning("%s", line)
+
+
 def serve(settings: Settings) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
+    warn_unknown_environment()
     repository = resolve_repository(settings)
-    sock = _bind(settings.host, settings.port, shared=settings.effective_http_processes > 1)
+    sock = _bind_first(settings)
     host, port = sock.getsockname()[:2]
     log.info("modelplex serving %s on http://%s:%d", repository, host, port)
     process = _Process(settings, repository, sock)
@@ -222,7 +282,7 @@ class RunningServer:
 def start(settings: Settings, repository: Path | None = None) -> RunningServer:
     """Start a server on a background thread and wait until it accepts connections."""
     repository = repository or resolve_repository(settings)
-    sock = _bind(settings.host, settings.port, shared=settings.effective_http_processes > 1)
+    sock = _bind_first(settings)
     port = sock.getsockname()[1]
     try:
         process = _Process(settings, repository, sock)
@@ -259,6 +319,12 @@ def start(settings: Settings, repository: Path | None = None) -> RunningServer:
 
 def run_worker(settings: Settings, repository: Path) -> None:
     """`modelplex worker`: run jobs in the foreground until SIGINT/SIGTERM, then drain."""
+    warn_unknown_environment()
+    # Which database and repository: a worker pointed at the wrong ones runs nothing.
+    log.info(
+        "modelplex worker: jobs from %s, models from %s",
+        masked_url(database_url(settings)), repository.resolve(),
+    )  # fmt: skip
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # batch and job work yields to synchronous traffic
 

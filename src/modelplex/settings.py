@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     classify_model: str = "image-classifier"
     """Model that `POST /v1/classify` uses when the request names none."""
 
+    strict_readiness: bool = False
+    """Any model that failed to load makes the server not ready (`/readyz`, V2 server
+    readiness), as Triton's strict readiness; by default only a `required` one does."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of modelplex's own log lines."""
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplex.core.model_config import RuntimeKind, load_model_config
+from modelplex.core.model_config import RuntimeKind, declares_required, load_model_config
 from modelplex.errors import ModelLoadError
 
 VALID = """
@@ -64,3 +64,38 @@ def test_an_onnx_model_may_leave_its_signature_to_the_graph(tmp_path: Path) -> N
     config = load_model_config(write(tmp_path, "runtime = 'onnx'\n[classification]\noutput = 'p'"))
     assert config.inputs == []
     assert config.outputs == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (VALID + "[python]\nclas_name = 'M'\n", "model.toml: python.clas_name: unknown key "
+         "(did you mean 'class_name'?)"),
+        (VALID.replace('name = "x"', 'nmae = "x"'), "model.toml: inputs.0.nmae: unknown key "
+         "(did you mean 'name'?)"),
+        ("timeout_ms = 'soon'\n" + VALID, "model.toml: timeout_ms: expected a valid integer, "
+         "unable to parse string as an integer, got 'soon'"),
+    ],
+)  # fmt: skip
+def test_problems_are_one_line_each_with_a_did_you_mean(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ModelLoadError) as raised:
+        load_model_config(write(tmp_path, text))
+    assert message in raised.value.message.split("; ")
+    assert "pydantic" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "required"),
+    [
+        ("required = true\nruntime = 'tensorflow'\n", True),  # valid TOML, invalid config
+        ("required = true  # must serve\nruntime = \n", True),  # not even TOML
+        ("runtime = \n[batching]\nrequired = true\n", False),  # not the top-level key
+        ("required = false\nruntime = \n", False),
+    ],
+)
+def test_a_broken_model_toml_can_still_say_it_is_required(
+    tmp_path: Path, text: str, required: bool
+) -> None:
+    assert declares_required(write(tmp_path, text)) is required

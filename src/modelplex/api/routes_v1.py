@@ -22,7 +22,14 @@ from modelplex.api.deps import modelplex_of
 from modelplex.api.disconnect import until_disconnected
 from modelplex.api.openapi_docs import BODY_CLASSIFY, BODY_PREDICT, PARAMS, problem_responses
 from modelplex.api.problems import answer_directly, request_id_of
-from modelplex.api.schemas import ClassifyResponse, Health, ModelDetail, ModelList, PredictResponse
+from modelplex.api.schemas import (
+    ClassifyResponse,
+    Health,
+    ModelDetail,
+    ModelList,
+    PredictResponse,
+    Readiness,
+)
 from modelplex.api.views import model_detail, model_summary
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.envelopes import parse
@@ -58,15 +65,17 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     tags=["health"],
-    response_model=Health,
-    summary="Readiness: 200 once every model folder has been loaded (or failed)",
-    responses={503: {"description": "Still loading", "model": Health}},
+    response_model=Readiness,
+    summary="Readiness: 200 once loaded, with a model READY and no required model FAILED",
+    responses={503: {"description": "Still loading, or not ready (`reason`)", "model": Readiness}},
 )
 async def readyz(request: Request) -> Response:
     readiness = _dataplane(request).registry.readiness()
     models = {"ready": list(readiness.ready), "failed": readiness.failed}
     if not readiness.loaded:
-        return _json({"status": "loading", "models": models}, status=503)
+        return _json({"status": "loading", "reason": readiness.problem, "models": models}, 503)
+    if readiness.problem is not None:
+        return _json({"status": "not_ready", "reason": readiness.problem, "models": models}, 503)
     return _json({"status": "ready", "models": models})
 
 

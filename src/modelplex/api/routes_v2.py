@@ -93,13 +93,14 @@ async def server_live() -> Response:
 
 @router.get(
     "/v2/health/ready",
-    summary="Server readiness (every model folder loaded or failed)",
+    summary="Server readiness (the readiness policy of /readyz)",
     response_class=Response,
     responses=_READY,
 )
 async def server_ready(request: Request) -> Response:
-    if not _service(request).server_ready():
-        return _not_ready("the server is still loading models")
+    problem = _service(request).readiness_problem()
+    if problem is not None:
+        return _not_ready(problem)
     return Response(status_code=200)
 
 

@@ -142,6 +142,13 @@ class Health(BaseModel):
     models: dict[str, Any] | None = None
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "not_ready"]
+    reason: str | None = None
+    """Why the server is not ready (the readiness policy, docs/3-model-repository.md)."""
+    models: dict[str, Any] | None = None
+
+
 # -- jobs and batches -----------------------------------------------------------
 class JobStep(BaseModel):
     name: str

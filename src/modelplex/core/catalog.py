@@ -84,6 +84,8 @@ class ModelInfo:
     outputs: tuple[TensorSpec, ...] = ()
     labels: tuple[str, ...] | None = None
     preprocessing: dict[str, Any] | None = None
+    required: bool = False
+    """`required = true` in its model.toml: the server is not ready while it has failed."""
 
     @property
     def version_names(self) -> list[str]:
@@ -106,7 +108,29 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
+    """The readiness policy's verdict: `problem` is None when the server is ready."""
+
     loaded: bool
     """Every model folder has been loaded (or has failed)."""
     ready: tuple[str, ...]
     failed: dict[str, str | None]
+    problem: str | None
+
+    @classmethod
+    def of(cls, catalog: list[ModelInfo], *, loaded: bool, strict: bool) -> Readiness:
+        """Ready once loading is done, with at least one model READY and no
+        required model FAILED; `strict` (Triton's strict readiness): no model FAILED."""
+        ready = tuple(m.name for m in catalog if m.state is ModelState.READY)
+        failed = [m for m in catalog if m.state is ModelState.FAILED]
+        failed_names = ", ".join(m.name for m in failed)
+        required = [m.name for m in failed if m.required]
+        problem = None
+        if not loaded:
+            problem = "the server is still loading models"
+        elif required:
+            problem = f"required models failed to load: {', '.join(required)}"
+        elif strict and failed:
+            problem = f"models failed to load (strict readiness): {failed_names}"
+        elif not ready:
+            problem = "no model is ready"
+        return cls(loaded, ready, {m.name: m.reason for m in failed}, problem)

@@ -15,7 +15,12 @@ from pathlib import Path
 from modelplex.core.batching import Batcher
 from modelplex.core.catalog import ModelState, version_sort_key
 from modelplex.core.classification import Classifier, read_labels
-from modelplex.core.model_config import ModelConfig, RuntimeKind, load_model_config
+from modelplex.core.model_config import (
+    ModelConfig,
+    RuntimeKind,
+    declares_required,
+    load_model_config,
+)
 from modelplex.core.preprocessing import ImagePreprocessor
 from modelplex.core.queueing import LOW_PRIORITY_SHARE
 from modelplex.core.runtimes import Runtime, RuntimeSpec, load_runtime
@@ -44,6 +49,15 @@ def _runtime_inputs(
     return (*(s for s in inputs if s.name != source), preprocessor.output_spec)
 
 
+def _log_failure(exc: Exception, what: str) -> None:
+    """An expected failure (a ModelLoadError: bad model.toml, missing file) is one
+    line with its message; anything else keeps its traceback for whoever debugs it."""
+    if isinstance(exc, ModelLoadError):
+        log.error("%s failed to load: %s", what, exc.message)
+    else:
+        log.error("%s failed to load", what, exc_info=exc)
+
+
 class VersionLoader:
     """Builds model entries with the server's defaults filling the gaps in model.toml."""
 
@@ -58,7 +72,7 @@ class VersionLoader:
             if not NAME.match(name):
                 raise ModelLoadError(f"'{name}' is not a valid model name")
             config = load_model_config(folder / MODEL_FILE)
-            entry.config = config
+            entry.config, entry.required = config, config.required
             if config.classification and config.classification.labels:
                 entry.labels = read_labels(folder / config.classification.labels)
             versions = sorted(
@@ -75,7 +89,7 @@ class VersionLoader:
                 try:
                     entry.versions[version] = self._load_version(entry, config, version)
                 except Exception as exc:
-                    log.error("model %s version %s failed to load", name, version, exc_info=exc)
+                    _log_failure(exc, f"model {name} version {version}")
                     entry.failures[version] = VersionFailure(version, describe_failure(exc))
             if default in entry.versions:
                 entry.versions[default].is_default = True
@@ -84,8 +98,10 @@ class VersionLoader:
                 state = ModelState.FAILED
                 reason = f"default version {default}: {entry.failures[default].reason}"
         except Exception as exc:
-            log.error("model %s failed to load", name, exc_info=exc)
+            _log_failure(exc, f"model {name}")
             state, reason = ModelState.FAILED, describe_failure(exc)
+            if entry.config is None:  # a broken model.toml can still say it is required
+                entry.required = declares_required(folder / MODEL_FILE)
         entry.state, entry.reason = state, reason
         log.info(
             "model %s: %s, versions %s (default %s) in %.2fs",

@@ -14,6 +14,7 @@ instead of being silently ignored. See docs/model-repository.md.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelplex.config_errors import dotted, problems
 from modelplex.core.tensors import Datatype, TensorSpec
 from modelplex.errors import ModelLoadError
 
@@ -129,6 +131,8 @@ class ModelConfig(_Strict):
     """File inside each version folder; defaults by runtime (model.onnx, ...)."""
     default_version: str | None = None
     timeout_ms: int | None = Field(default=None, gt=0)
+    required: bool = False
+    """The server is not ready (`/readyz`, V2 server readiness) while this model has failed."""
     inputs: list[TensorConfig] = Field(default_factory=list)
     """The signature clients send; an onnx model's default is its graph's inputs."""
     outputs: list[TensorConfig] = Field(default_factory=list)
@@ -192,15 +196,30 @@ def read_toml_config(path: Path, schema: type[C], error: type[ModelLoadError]) -
     except OSError as exc:  # unreadable (permissions, a directory of that name)
         raise error(f"{path.name} cannot be read ({type(exc).__name__})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path.name} is not valid TOML: {exc}") from exc
+        raise error(f"{path.name} is not valid TOML: {exc}") from None
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise error(f"{path.name} is invalid: {problems}") from exc
+        # One line per problem, naming the file and key (a did-you-mean for typos);
+        # a model's FAILED reason is one line, so they are joined with "; ".
+        lines = problems(exc, schema, lambda loc: f"{path.name}: {dotted(loc) or '(top level)'}")
+        raise error("; ".join(lines)) from None
+
+
+_REQUIRED_LINE = re.compile(r"^\s*required\s*=\s*true\s*(#.*)?$", re.MULTILINE)
+
+
+def declares_required(path: Path) -> bool:
+    """Whether a model.toml that failed validation (or is not even valid TOML) says
+    `required = true` at its top: its model must keep the server not ready."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        return tomllib.loads(text).get("required") is True
+    except tomllib.TOMLDecodeError:  # before the first table, as TOML would read it
+        return bool(_REQUIRED_LINE.search(text.split("\n[", 1)[0]))
 
 
 def load_model_config(path: Path) -> ModelConfig:

@@ -46,6 +46,7 @@ class ModelRegistry:
         worker's registry serves none, so jobs may fill the models' whole queues)."""
         self.repository = repository
         self._loads = loads
+        self._strict = settings.strict_readiness
         self._loader = VersionLoader(
             settings, sync_share=LOW_PRIORITY_SHARE if serves_sync else 1.0
         )
@@ -215,12 +216,8 @@ class ModelRegistry:
         return self._entry(model).info()
 
     def readiness(self) -> Readiness:
-        catalog = self.catalog()
-        return Readiness(
-            loaded=self.loaded.is_set(),
-            ready=tuple(m.name for m in catalog if m.state is ModelState.READY),
-            failed={m.name: m.reason for m in catalog if m.state is ModelState.FAILED},
-        )
+        """Whether the server is ready to serve, by the readiness policy (`Readiness.of`)."""
+        return Readiness.of(self.catalog(), loaded=self.loaded.is_set(), strict=self._strict)
 
     def _entry(self, model: str) -> ModelEntry:
         if self._deferred and model in self._deferred:

@@ -112,6 +112,7 @@ class ModelEntry:
     failures: dict[str, VersionFailure] = field(default_factory=dict)
     default_version: str | None = None
     labels: list[str] | None = None
+    required: bool = False
 
     def info(self) -> ModelInfo:
         config = self.config
@@ -143,4 +144,5 @@ class ModelEntry:
             preprocessing=config.preprocessing.model_dump()
             if config and config.preprocessing
             else None,
+            required=self.required,
         )

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from modelplex.errors import ConfigurationError
 from modelplex.grpc.protos import inference_pb2, inference_pb2_grpc
 from modelplex.grpc.servicer import InferenceServicer
 from modelplex.oip.service import V2Service
@@ -28,13 +29,19 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         max_tensor_elements: int,
+        *,
+        shared: bool = False,
     ) -> None:
+        """`shared`: replica processes of this server bind the same port."""
         # grpc core applies the receive limit to the decompressed message and stops
         # inflating there, so a compressed request cannot grow past it in memory.
+        # grpcio sets SO_REUSEPORT by default: a second server on a taken port would
+        # bind beside the first and share its clients; only our replicas may.
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
+                ("grpc.so_reuseport", 1 if shared else 0),
             ]
         )
         register: Callable[[Any, Any], None] = (
@@ -49,9 +56,14 @@ class GrpcServer:
             self._server,
         )  # fmt: skip
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.60 raises where older ones returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC to {address}")
+            raise ConfigurationError(
+                f"gRPC port {port} on {host} cannot be bound (in use by another process?)"
+            )
 
     async def start(self) -> None:
         await self._server.start()

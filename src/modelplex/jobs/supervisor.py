@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from modelplex.config_errors import unknown_environment
 from modelplex.retry import Backoff
 from modelplex.settings import Settings
 
@@ -42,6 +43,8 @@ def worker_environment(settings: Settings, repository: Path, database_url: str) 
         text = str(value).lower() if isinstance(value, bool) else str(value)
         env[f"MODELPLEX_{name.upper()}"] = text
     env.pop("MODELPLEX_CONFIG_FILE", None)
+    for name in unknown_environment(env):  # `modelplex serve` warned of them once
+        env.pop(name)
     env["MODELPLEX_MODEL_REPOSITORY"] = str(repository.resolve())
     env["MODELPLEX_DATA_DIR"] = str(settings.data_dir.resolve())
     env["MODELPLEX_DATABASE_URL"] = database_url

@@ -95,7 +95,11 @@ class V2Service:
         }
 
     def server_ready(self) -> bool:
-        return self.registry.loaded.is_set()
+        return self.readiness_problem() is None
+
+    def readiness_problem(self) -> str | None:
+        """Why the server is not ready (the same policy as `/readyz`), or None."""
+        return self.registry.readiness().problem
 
     def model_ready(self, model: str, version: str | None) -> bool:
         return self.registry.is_ready(model, version)

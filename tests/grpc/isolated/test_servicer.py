@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc  # isort: skip  (tests/grpc/ makes ruff count `grpc` as first-party)
@@ -19,6 +20,7 @@ from modelplex.grpc.protos import inference_pb2_grpc
 from modelplex.grpc.server import SERVICE, GrpcServer
 from modelplex.oip import codec
 from modelplex.oip.service import V2Request, V2Service, V2Tensor
+from tests.oip.harness import open_service
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +77,23 @@ async def test_server_live_ready_and_metadata(connected: Connected) -> None:
     metadata = await connected.stub.ServerMetadata(pb.ServerMetadataRequest())
     assert metadata.name == "modelplex"
     assert "classification" in metadata.extensions
+
+
+async def test_server_ready_follows_the_readiness_policy(tmp_path: Path) -> None:
+    """An empty repository: no model READY, so not ready, as `/readyz` says."""
+    (tmp_path / "empty").mkdir()
+    async with open_service(tmp_path / "empty", tmp_path) as service:
+        server = GrpcServer(service, "127.0.0.1", 0, 16 * 1024 * 1024, 1_000_000)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                make_stub: Callable[[grpc.aio.Channel], Any] = (
+                    inference_pb2_grpc.GRPCInferenceServiceStub
+                )
+                stub = make_stub(channel)
+                assert (await stub.ServerReady(pb.ServerReadyRequest())).ready is False
+        finally:
+            await server.stop()
 
 
 async def test_model_ready(connected: Connected) -> None:
