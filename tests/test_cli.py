@@ -177,7 +177,7 @@ def test_batches_submit_and_results(served: str, tmp_path: Path) -> None:
     submitted = run_cli(
         "batches", "submit", str(rows), "--model", "digits", "--wait", "--url", served
     )
-    assert submitted.returncode == 2, submitted.stderr  # one line of five failed
+    assert submitted.returncode == 3, submitted.stderr  # one line of five failed
     batch = json.loads(submitted.stdout)
     assert batch["status"] == "PARTIALLY_FAILED"
     assert batch["counts"]["completed"] == 4
@@ -448,7 +448,7 @@ def test_every_command_and_option_is_in_the_cli_page() -> None:
 
 @pytest.mark.parametrize(
     ("good", "bad", "status", "code"),
-    [(3, 0, "COMPLETED", 0), (2, 1, "PARTIALLY_FAILED", 2), (0, 3, "FAILED", 3)],
+    [(3, 0, "COMPLETED", 0), (2, 1, "PARTIALLY_FAILED", 3), (0, 3, "FAILED", 4)],
 )
 def test_batches_wait_exits_by_how_the_lines_ended(
     served: str, tmp_path: Path, good: int, bad: int, status: str, code: int

@@ -74,3 +74,28 @@ async def test_a_lazy_worker_follows_only_what_it_holds(repo: Path, tmp_path: Pa
     finally:
         await server.registry.close()
         await worker.registry.close()
+
+
+async def test_a_process_that_starts_after_an_unload_does_not_serve_the_model(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The folder is still on disk: the start reads it, the first poll unloads it,
+    as every process that was running when the unload was called did."""
+    settings, store = settings_for(tmp_path), MemoryStore()
+    server = _sync(repo, settings, store, lazy=False)
+    restarted: RepositorySync | None = None
+    try:
+        await server.unload("digits")
+        await server.load("image-classifier")
+        restarted = RepositorySync(ModelRegistry(repo, settings), store, poll_s=1.0)
+        await restarted.baseline()
+        restarted.registry.load_all()
+        assert restarted.registry.describe("digits").state is ModelState.READY  # from disk
+        assert await restarted.catch_up()
+        assert restarted.registry.describe("digits").state is ModelState.UNAVAILABLE
+        assert restarted.registry.describe("image-classifier").state is ModelState.READY
+        assert not await restarted.catch_up()  # followed once, not at every poll
+    finally:
+        await server.registry.close()
+        if restarted is not None:
+            await restarted.registry.close()

@@ -47,11 +47,15 @@ def test_unknown_environment_variables_are_found_with_a_did_you_mean() -> None:
     from modelplex.config_errors import unknown_environment
 
     found = unknown_environment(
-        {"MODELPLEX_PROT": "1", "MODELPLEX_PORT": "2", "MODELPLEX_URL": "x", "HOME": "/"}
-    )
+        {"MODELPLEX_PROT": "1", "MODELPLEX_PORT": "2", "MODELPLEX_URL": "x", "HOME": "/",
+         "MODELPLEX_FOO": "1", "MODELPLEX_REDIS_URL": "redis://"}
+    )  # fmt: skip
     assert found == {
         "MODELPLEX_PROT": "unknown environment variable MODELPLEX_PROT is ignored "
-        "(did you mean 'MODELPLEX_PORT'?)"
+        "(did you mean 'MODELPLEX_PORT'?)",
+        # Nothing close once the shared prefix is set aside: no misleading hint.
+        "MODELPLEX_FOO": "unknown environment variable MODELPLEX_FOO is ignored",
+        "MODELPLEX_REDIS_URL": "unknown environment variable MODELPLEX_REDIS_URL is ignored",
     }
 
 

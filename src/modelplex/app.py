@@ -210,9 +210,12 @@ class _LoadingRunner(JobRunner):
             return False
         with contextlib.suppress(ModelplexError):  # still missing: the job fails as it would
             await self._sync.catch_up()
-            if not self._registry.has_version(model, version):
+            # Only for a folder that is there: jobs pinned to a version removed from
+            # disk would otherwise each reload the whole model.
+            folder = self._registry.repository / model / version
+            if not self._registry.has_version(model, version) and folder.is_dir():
                 await self._registry.reload(model)
-        return True
+        return self._registry.has_version(model, version)
 
 
 class ModelplexWorker:

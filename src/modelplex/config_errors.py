@@ -135,6 +135,10 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> dict[str, s
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(_OWN_PREFIXES):
             continue
-        hint = did_you_mean(upper, known)
+        # Compared without the prefix every name shares, which would make any name
+        # look close to a short one (MODELPLEX_FOO to MODELPLEX_PORT).
+        suffixes = {k[len(ENV_PREFIX) :]: k for k in known if k.startswith(ENV_PREFIX)}
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(suffixes), 1, 0.75)
+        hint = f" (did you mean '{suffixes[close[0]]}'?)" if close else ""
         unknown[name] = f"unknown environment variable {name} is ignored{hint}"
     return unknown

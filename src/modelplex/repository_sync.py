@@ -9,7 +9,8 @@ A job worker also catches up at once when a job names a version it does not
 hold, so a job pinned to a version that another process loaded runs it.
 
 A process starting takes the generations as they are as its baseline and reads
-the repository folder as it is: what earlier calls loaded is on disk already.
+the repository folder as it is: what earlier calls loaded is on disk already;
+what they unloaded, its first poll unloads.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ class RepositorySync:
         except ModelplexError as exc:
             log.warning("repository generations not read at start: %s", exc.message)
             return
-        self._seen = {name: g.generation for name, g in generations.items()}
+        # An unload is not on disk: left unseen, the first poll does it here too, so
+        # a process that (re)starts does not serve what the others have unloaded.
+        self._seen = {
+            name: g.generation
+            for name, g in generations.items()
+            if g.action is not RepositoryAction.UNLOAD
+        }
 
     async def load(self, model: str) -> ModelEntry:
         """A load call: load here, then tell the other processes (even a failed load:
@@ -56,10 +63,11 @@ class RepositorySync:
         await self._publish(model, RepositoryAction.UNLOAD)
 
     async def _publish(self, model: str, action: RepositoryAction) -> None:
-        generation = await self._store.record_repository_change(model, action)
-        # This process did it already. (A concurrent poll may still see it first and
-        # load once more: harmless, and rare.)
-        self._seen[model] = max(generation, self._seen.get(model, 0))
+        # Under the poll's lock: a poll between the count and `_seen` would load the
+        # model a second time here.
+        async with self._catching_up:
+            generation = await self._store.record_repository_change(model, action)
+            self._seen[model] = max(generation, self._seen.get(model, 0))
 
     async def catch_up(self) -> bool:
         """Do every change other processes made since the last look; whether any."""

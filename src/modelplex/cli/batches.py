@@ -74,15 +74,16 @@ def batches_get(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
 @batches_app.command("wait")
 def batches_wait(batch_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Wait for a batch to finish, with a progress bar; exit 0 only if every line
-    succeeded (2: some failed, 3: all failed, 4: cancelled)."""
+    succeeded (3: some failed, 4: all failed, 5: cancelled)."""
     with connect(url) as client:
         batch = _wait_for_batch(client, batch_id)
     print_json(batch)
     _exit_as_batch(batch)
 
 
-BATCH_EXIT_CODES = {"COMPLETED": 0, "PARTIALLY_FAILED": 2, "FAILED": 3, "CANCELLED": 4}
-"""A finished batch's status as an exit code (1 is any error, as for every command)."""
+BATCH_EXIT_CODES = {"COMPLETED": 0, "PARTIALLY_FAILED": 3, "FAILED": 4, "CANCELLED": 5}
+"""A finished batch's status as an exit code: 1 is any error and 2 a bad option or
+file, as for every command, so a script can tell them from how the batch ended."""
 
 
 def _exit_as_batch(batch: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ wakes when it queues a job on a store that cannot wake them itself (SQLite).
 
 Nothing here runs on a short timer when the server is idle: retention runs at
 most every 10 minutes, the dispatcher polls every `DISPATCH_POLL_S`, and
-workers sleep until they are woken (see `jobs/worker.py`)."""
+workers sleep until they are woken (see `jobs/worker.py`). The one short timer
+of an idle process is the repository's poll (`repository_sync.py`), which costs
+a stat on SQLite."""
 
 from __future__ import annotations
 
