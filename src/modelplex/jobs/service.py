@@ -24,6 +24,7 @@ from modelplex.errors import (
     JobNotFinished,
     JobNotFound,
     ModelNotFound,
+    ModelplexError,
     PipelineNotReady,
     VersionNotFound,
 )
@@ -231,8 +232,18 @@ class JobService:
         if this one does not know it: VERSION_NOT_FOUND only if it is nowhere."""
         try:
             return self.dataplane.resolve(model, version)
-        except (ModelNotFound, VersionNotFound):
-            if self._catch_up is None or not await self._catch_up():
+        except (ModelNotFound, VersionNotFound) as refused:
+            # Only what the repository folder holds can have been loaded elsewhere: a
+            # mistyped name is refused without a look at the job store (nor a wait
+            # behind a load another poll is doing).
+            folder = self.dataplane.registry.repository / model
+            if self._catch_up is None or not (folder / (version or "")).is_dir():
+                raise
+            try:
+                caught_up = await self._catch_up()
+            except ModelplexError:  # the store is down: the answer is still the 404
+                raise refused from None
+            if not caught_up:
                 raise
         return self.dataplane.resolve(model, version)
 
