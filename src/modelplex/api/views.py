@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelplex.core.catalog import ModelInfo
-from modelplex.jobs.events import iso
+from modelplex.jobs.events import iso, timed
 from modelplex.records import Batch, Delivery, DeliveryStatus, Job, JobKind, JobStatus
 
 
@@ -51,14 +51,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "version": job.version,
         "priority": job.priority,
         "progress": job.progress,
-        "steps": [
-            {
-                **step,
-                "started_at": iso(step.get("started_at")),
-                "finished_at": iso(step.get("finished_at")),
-            }
-            for step in job.steps
-        ],
+        "steps": [timed(step) for step in job.steps],
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "cancel_requested": job.cancel_requested,
@@ -68,10 +61,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "metadata": job.metadata,
         "callback_url": job.callback_url,
         "callback_events": job.callback_events,
-        "history": [
-            {**h, "started_at": iso(h.get("started_at")), "finished_at": iso(h.get("finished_at"))}
-            for h in job.history
-        ],
+        "history": [timed(entry) for entry in job.history],
         "links": {
             "self": f"/v1/jobs/{job.id}",
             "cancel": f"/v1/jobs/{job.id}/cancel",

@@ -4,8 +4,10 @@ Standard Webhooks' payload shape (`type`, `timestamp`, `data`) plus the
 message's `id`, the same as the `webhook-id` header and the same on every
 retry, so a receiver can drop a delivery it has already seen. `data` is the
 job at the moment of the event, with the field names and formats of
-`GET /v1/jobs/{id}` and every field present in every event (null where it does
-not apply), so one parser reads them all. Times are ISO 8601 in UTC.
+`GET /v1/jobs/{id}` (a subset of it: no links, history or callback) and every
+field present in every event (null where it does not apply; the target's key
+is `model`, `pipeline` or `batch_chunk`, as there), so one parser reads them
+all. Times are ISO 8601 in UTC.
 docs/7-jobs.md documents each field.
 """
 
@@ -37,16 +39,17 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-def _step_view(step: dict[str, Any]) -> dict[str, Any]:
-    return {**step, "started_at": iso(step.get("started_at")),
-            "finished_at": iso(step.get("finished_at"))}  # fmt: skip
+def timed(entry: dict[str, Any]) -> dict[str, Any]:
+    """A step or history entry with its times as the API shows them."""
+    return {**entry, "started_at": iso(entry.get("started_at")),
+            "finished_at": iso(entry.get("finished_at"))}  # fmt: skip
 
 
 def job_data(job: Job, step: int | None = None) -> dict[str, Any]:
     """The job as every event carries it; `step`: the index of the step a
     `job.step` event is about."""
     completed = job.status is JobStatus.COMPLETED
-    steps = [_step_view(s) for s in job.steps]
+    steps = [timed(s) for s in job.steps]
     return {
         "id": job.id,
         "status": job.status.value,

@@ -37,7 +37,7 @@ DEFAULT_STEP_THREADS = 4
 STOP_GRACE_S = 10.0
 CHUNK_LINES_IN_FLIGHT = 64
 LINE_ATTEMPTS = 3
-CANCEL_CHECK_S = 0.05
+CANCEL_CHECK_S = 0.1
 LINE_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 """A batch line that failed transiently (the model's queue was full) waits this long."""
 
@@ -233,7 +233,8 @@ class JobRunner:
 
 async def _stop_on_cancel(control: JobControl, lines: list[asyncio.Task[Any]]) -> None:
     """Cancel the lines still running once the chunk's cancel is set (a thread-safe
-    flag, so it is looked at: a few times a second is well within the worker's poll)."""
+    flag, so it is looked at every `CANCEL_CHECK_S`: half the worker's poll of the
+    store, and only while a chunk runs)."""
     while not control.cancel.is_set():  # noqa: ASYNC110 (a threading.Event: steps' threads read it)
         await asyncio.sleep(CANCEL_CHECK_S)
     for line in lines:
