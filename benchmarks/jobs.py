@@ -90,7 +90,9 @@ class Server:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/readyz", timeout=1)
+                # A repository of pipelines alone is "not_ready" (no model) once loaded.
+                if ready.status_code == 200 or ready.json().get("status") == "not_ready":
                     return
             except httpx.TransportError:
                 pass
