@@ -193,6 +193,11 @@ class _LoadingRunner(JobRunner):
         with contextlib.suppress(ModelplexError):  # not a pipeline: a model (or nothing)
             config = self.pipelines.get(job.target).config
             names = [s.model for s in config.steps if s.model] if config else []
+            if names:
+                # A pipeline's model steps run the default version (they are not
+                # pinned): the one of a load called before the job was submitted, not
+                # the one of the last poll.
+                await self._sync.catch_up()
         loaded = False
         for name in names:
             loaded |= await asyncio.to_thread(self._registry.ensure_loaded, name)
