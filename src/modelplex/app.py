@@ -160,8 +160,7 @@ class Modelplex:
             # A model load cannot be interrupted; let it finish before closing.
             await asyncio.shield(self._loading)
         if self._following is not None:  # started by the load, so after it
-            self._following.cancel()
-            await asyncio.gather(self._following, return_exceptions=True)
+            await self.sync.stop(self._following)
         await self.registry.close()
         self.dataplane.close()
         if self._own_store:
@@ -266,8 +265,7 @@ class ModelplexWorker:
                 await self.worker.run(stop)
             finally:
                 waking.cancel()
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
+                await self.sync.stop(following)
         finally:
             await self.registry.close()
             self.dataplane.close()

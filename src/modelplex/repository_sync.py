@@ -33,6 +33,7 @@ class RepositorySync:
         self._poll_s = poll_s
         self._seen: dict[str, int] = {}
         self._catching_up = asyncio.Lock()
+        self._pass: asyncio.Future[bool] | None = None
 
     async def baseline(self) -> None:
         """Take the current generations as already followed (call before the first
@@ -91,12 +92,16 @@ class RepositorySync:
             return bool(changed)
 
     async def run(self) -> None:
-        """Poll until cancelled (start it once the repository's first load is done)."""
+        """Poll until cancelled (start it once the repository's first load is done;
+        end it with `stop`)."""
         failing = False
         while True:
             await asyncio.sleep(self._poll_s)
+            self._pass = asyncio.ensure_future(self.catch_up())
             try:
-                await self.catch_up()
+                # Shielded: a load on a thread cannot be cancelled, and the registry
+                # must not be closed under it (`stop` waits for it).
+                await asyncio.shield(self._pass)
                 failing = False
             except ModelplexError as exc:  # the store is down: try again next time
                 if not failing:  # once per outage, not every second of it
@@ -104,3 +109,10 @@ class RepositorySync:
                 failing = True
             except Exception as exc:  # a bug: keep following
                 log.error("following the repository failed", exc_info=exc)
+
+    async def stop(self, running: asyncio.Task[None]) -> None:
+        """End `running` (the task of `run`), and wait for a poll it left loading."""
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        if self._pass is not None:
+            await asyncio.gather(self._pass, return_exceptions=True)
