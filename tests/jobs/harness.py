@@ -90,6 +90,44 @@ class WorkerProcess:
                 self.process.stderr.close()
 
 
+class ServerProcess:
+    """`modelplex serve` as a real process (no worker processes of its own, no gRPC)
+    on the job database of `settings`, its log in `log`; ready once loaded."""
+
+    def __init__(self, settings: Settings, repository: Path, log: Path) -> None:
+        env = worker_environment(settings, repository, settings.database_url or "")
+        env.update(MODELPLEX_WORKERS="0", MODELPLEX_GRPC_ENABLED="false")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelplex", "serve", "--port", str(port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=output,
+            )  # fmt: skip
+        try:
+            wait_for(self._loaded, timeout=WAIT_S, every=0.1)
+        except BaseException:
+            self.terminate()
+            raise
+
+    def _loaded(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            return bool(httpx.get(self.url + "/readyz", timeout=1).json()["status"] != "loading")
+        except httpx.TransportError:
+            return False
+
+    def terminate(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
 @dataclass
 class Receiver:
     """A webhook receiver: answers each POST with the next planned status."""

@@ -1,5 +1,6 @@
-"""A load or unload call on one serving process reaches every other one: two API
-servers and a separate `modelplex worker` on PostgreSQL, over real sockets."""
+"""A load or unload call on one serving process reaches every other one: two
+`modelplex serve` processes and a separate `modelplex worker` on PostgreSQL, and
+`serve` with its own worker processes on SQLite, over real sockets."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.conftest import wait_ready
 from tests.databases import fresh_database
 from tests.helpers import copy_model
 from tests.jobs.conftest import job_settings
-from tests.jobs.harness import WorkerProcess, wait_for, wait_job
+from tests.jobs.harness import ServerProcess, WorkerProcess, wait_for, wait_job
 
 CONVERGED_S = 5.0
 """Every process follows a load or unload call within this long (the requirement)."""
@@ -58,43 +59,39 @@ def test_a_load_on_one_server_reaches_the_other_and_the_workers(
 ) -> None:
     url = fresh_database(request, "postgresql", tmp_path)
     settings = job_settings(tmp_path, url)
-    worker = None
-    with (
-        start(settings, repo) as first,
-        start(settings, repo) as second,
-        _clients(first.url, second.url) as (one, other),
-    ):
-        try:
-            worker = WorkerProcess(settings, repo, url)
-            wait_ready(one)
-            wait_ready(other)
-            # The worker holds version 2 (the default) before the new version comes.
-            before = wait_job(other, _submit(other)["id"])
-            assert before["status"] == "COMPLETED", before
-            assert before["result"]["model"]["version"] == "2"
+    with contextlib.ExitStack() as stack:
+        # Two API replicas and a worker, each a process of its own.
+        first = ServerProcess(settings, repo, tmp_path / "serve-1.log")
+        stack.callback(first.terminate)
+        second = ServerProcess(settings, repo, tmp_path / "serve-2.log")
+        stack.callback(second.terminate)
+        worker = WorkerProcess(settings, repo, url)
+        stack.callback(worker.terminate)
+        one, other = stack.enter_context(_clients(first.url, second.url))
+        # The worker holds version 2 (the default) before the new version comes.
+        before = wait_job(other, _submit(other)["id"])
+        assert before["status"] == "COMPLETED", before
+        assert before["result"]["model"]["version"] == "2"
 
-            shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")
-            assert one.post("/v2/repository/models/digits/load").status_code == 200
-            assert _version_of(one) == "3"
-            wait_for(lambda: _version_of(other) == "3", timeout=CONVERGED_S)
-            named = _submit(other, version="3")
-            default = _submit(other)
-            assert default["version"] == "3"  # pinned at submission
-            for job in (named, default):
-                done = wait_job(other, job["id"])
-                assert done["status"] == "COMPLETED", done
-                assert done["result"]["model"] == {"name": "digits", "version": "3"}
+        shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")
+        assert one.post("/v2/repository/models/digits/load").status_code == 200
+        assert _version_of(one) == "3"
+        wait_for(lambda: _version_of(other) == "3", timeout=CONVERGED_S)
+        named = _submit(other, version="3")
+        default = _submit(other)
+        assert default["version"] == "3"  # pinned at submission
+        for job in (named, default):
+            done = wait_job(other, job["id"])
+            assert done["status"] == "COMPLETED", done
+            assert done["result"]["model"] == {"name": "digits", "version": "3"}
 
-            assert one.post("/v2/repository/models/digits/unload").status_code == 200
-            wait_for(
-                lambda: other.get("/v2/models/digits/ready").status_code == 400,
-                timeout=CONVERGED_S,
-            )
-            refused = other.post("/v1/jobs", json={"model": "digits", "input": PIXELS})
-            assert refused.json()["code"] == "MODEL_NOT_READY", refused.text
-        finally:
-            if worker is not None:
-                worker.terminate()
+        assert one.post("/v2/repository/models/digits/unload").status_code == 200
+        wait_for(
+            lambda: other.get("/v2/models/digits/ready").status_code == 400,
+            timeout=CONVERGED_S,
+        )
+        refused = other.post("/v1/jobs", json={"model": "digits", "input": PIXELS})
+        assert refused.json()["code"] == "MODEL_NOT_READY", refused.text
 
 
 def test_a_job_naming_a_version_that_is_nowhere_is_refused_at_submission(
