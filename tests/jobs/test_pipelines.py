@@ -22,12 +22,20 @@ async def classify(ctx, data):
 
 not_a_function = 3
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Rows(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: list[list[float]] = Field(min_length=1)
+
+
+class Knobs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strict: bool = False
+    mode: Literal["fast", "exact"] = "fast"
 """
 
 VALID = """
@@ -293,3 +301,29 @@ def test_an_input_schema_that_is_not_a_model_fails_the_load(
     pipeline = load_one(tmp_path, SCHEMA.replace('"Rows"', f'"{schema}"'))
     assert pipeline.state is PipelineState.FAILED
     assert message in (pipeline.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ('mode = "exakt"', "pipeline.toml: options.mode: expected 'fast' or 'exact', got 'exakt'"),
+        ("strikt = true", "pipeline.toml: options.strikt: unknown key (did you mean 'strict'?)"),
+    ],
+)
+def test_options_that_do_not_fit_their_schema_fail_the_load(
+    tmp_path: Path, options: str, problem: str
+) -> None:
+    """Not every job that reads them: the pipeline is FAILED with the reason."""
+    toml = 'options_schema = "Knobs"\n' + ONE_STEP + f"\n[options]\n{options}\n"
+    pipeline = load_one(tmp_path, toml)
+    assert pipeline.state is PipelineState.FAILED
+    assert pipeline.reason == problem
+
+
+def test_options_that_fit_their_schema_load(tmp_path: Path) -> None:
+    toml = 'options_schema = "Knobs"\n' + ONE_STEP + '\n[options]\nmode = "exact"\n'
+    pipeline = load_one(tmp_path, toml)
+    assert pipeline.state is PipelineState.READY, pipeline.reason
+    assert pipeline.describe()["options"] == {"mode": "exact"}
+    missing = load_one(tmp_path, 'options_schema = "Nothing"\n' + ONE_STEP, name="q")
+    assert missing.reason == "steps.py has no pydantic model Nothing"

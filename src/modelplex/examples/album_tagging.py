@@ -66,6 +66,14 @@ class AlbumImage(BaseModel):
     b64: str = Field(description="The base64 of a JPEG, PNG or WebP file.")
 
 
+class AlbumOptions(BaseModel):
+    """album-tagging's `[options]`, checked when the pipeline loads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_undecodable_image: UndecodablePolicy = "report"
+
+
 class AlbumInput(BaseModel):
     """album-tagging's JSON input (or upload a zip archive of the photos as `file`)."""
 
@@ -84,6 +92,7 @@ class AlbumInput(BaseModel):
 PIPELINE_TOML = """\
 description = "Tag an album of photos: per-image labels, top tags, duplicates"
 max_attempts = 2
+options_schema = "AlbumOptions"
 
 [input]
 schema = "AlbumInput"
@@ -127,6 +136,7 @@ from pathlib import Path
 from modelplex.examples import album_tagging
 
 AlbumInput = album_tagging.AlbumInput
+AlbumOptions = album_tagging.AlbumOptions
 decode = album_tagging.decode
 features = album_tagging.features
 summarize = album_tagging.summarizer(Path(__file__).with_name("labels.txt"))
@@ -194,10 +204,7 @@ def _hidden(path: str) -> bool:
 
 
 def _policy(ctx: StepContext) -> UndecodablePolicy:
-    policy = ctx.options.get("on_undecodable_image", "report")
-    if policy not in ("report", "fail"):
-        raise ValueError(f"on_undecodable_image must be 'report' or 'fail', not {policy!r}")
-    return "fail" if policy == "fail" else "report"
+    return AlbumOptions.model_validate(ctx.options).on_undecodable_image
 
 
 def decode(ctx: StepContext, data: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from modelplex.errors import ModelplexError
 
 log = logging.getLogger(__name__)
 
-BUILD_ID = "v5"
+BUILD_ID = "v7"
 """Bump when what the builders write changes, so caches are rebuilt."""
 
 _COMPLETE = ".complete"

@@ -8,6 +8,7 @@ A pipeline folder holds a `pipeline.toml` and, for Python steps, a `steps.py`::
 
     description = "Tag an album of photos"
     max_attempts = 2                 # job-level attempts (worker crashes, retryable errors)
+    options_schema = "AlbumOptions"  # a pydantic model in steps.py that [options] must fit
 
     [input]
     schema = "AlbumInput"            # a pydantic model in steps.py: the JSON input's schema
@@ -62,6 +63,7 @@ from typing import Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from modelplex.config_errors import dotted, problems
 from modelplex.core.envelopes import describe
 from modelplex.core.model_config import read_toml_config
 from modelplex.core.tensors import Array
@@ -181,6 +183,8 @@ class PipelineConfig(_Strict):
     input: InputConfig = InputConfig()
     options: dict[str, Any] = Field(default_factory=dict)
     """The pipeline's own settings, for its steps (`ctx.options`)."""
+    options_schema: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """A pydantic model in steps.py that `[options]` must fit (checked at load)."""
     steps: list[StepConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -269,8 +273,11 @@ class PipelineRegistry:
             config = _read_config(folder / PIPELINE_FILE)
             wanted = [s.function for s in config.steps if s.function]
             schema_name = config.input.schema_
-            needs_module = wanted or schema_name
+            needs_module = wanted or schema_name or config.options_schema
             module = _import_steps(folder, folder.name) if needs_module else None
+            if config.options_schema:
+                # A bad option fails the load, not every job that reads it.
+                _check_options(_pydantic_model(module, config.options_schema), config.options)
             functions: dict[str, StepFunction] = {}
             for name in wanted:
                 function = getattr(module, name, None)
@@ -302,10 +309,26 @@ def _read_config(path: Path) -> PipelineConfig:
     return read_toml_config(path, PipelineConfig, PipelineLoadError)
 
 
-def _input_model(module: ModuleType | None, name: str) -> type[BaseModel]:
+def _pydantic_model(module: ModuleType | None, name: str) -> type[BaseModel]:
     model = getattr(module, name, None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise PipelineLoadError(f"[input] schema: {STEPS_FILE} has no pydantic model {name}")
+        raise PipelineLoadError(f"{STEPS_FILE} has no pydantic model {name}")
+    return model
+
+
+def _check_options(model: type[BaseModel], options: dict[str, Any]) -> None:
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        lines = problems(exc, model, lambda loc: f"{PIPELINE_FILE}: options.{dotted(loc)}")
+        raise PipelineLoadError("; ".join(lines)) from None
+
+
+def _input_model(module: ModuleType | None, name: str) -> type[BaseModel]:
+    try:
+        model = _pydantic_model(module, name)
+    except PipelineLoadError as exc:
+        raise PipelineLoadError(f"[input] schema: {exc.message}") from None
     try:
         model.model_json_schema()  # a model pydantic cannot describe fails here, not later
     except Exception as exc:
