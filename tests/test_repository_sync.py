@@ -11,8 +11,10 @@ import pytest
 
 from modelplex.core.catalog import ModelState
 from modelplex.core.registry import ModelRegistry
+from modelplex.errors import StoreUnavailable
 from modelplex.repository_sync import RepositorySync
 from modelplex.settings import Settings
+from modelplex.storage.interface import RepositoryAction
 from modelplex.storage.memory import MemoryStore
 from tests.conftest import settings_for
 from tests.helpers import copy_model
@@ -99,3 +101,35 @@ async def test_a_process_that_starts_after_an_unload_does_not_serve_the_model(
         await server.registry.close()
         if restarted is not None:
             await restarted.registry.close()
+
+
+class _FlakyStore(MemoryStore):
+    """A job store whose writes of repository changes fail while `down` (an outage
+    of the job database, which cannot be staged here any other way)."""
+
+    down = False
+
+    async def record_repository_change(self, model: str, action: RepositoryAction) -> int:
+        if self.down:
+            raise StoreUnavailable("the job database is unavailable")
+        return await super().record_repository_change(model, action)
+
+
+async def test_a_change_made_while_the_store_is_down_reaches_the_others_once_it_is_back(
+    repo: Path, tmp_path: Path
+) -> None:
+    settings, store = settings_for(tmp_path), _FlakyStore()
+    server, other = (_sync(repo, settings, store, lazy=False) for _ in range(2))
+    try:
+        await other.baseline()
+        store.down = True
+        await server.unload("digits")  # answered: this process did unload it
+        assert server.registry.describe("digits").state is ModelState.UNAVAILABLE
+        assert not await other.catch_up()  # nobody was told yet
+        store.down = False
+        await server.catch_up()  # a poll of the process that made the change
+        assert await other.catch_up()
+        assert other.registry.describe("digits").state is ModelState.UNAVAILABLE
+    finally:
+        await server.registry.close()
+        await other.registry.close()

@@ -34,6 +34,7 @@ class RepositorySync:
         self._seen: dict[str, int] = {}
         self._catching_up = asyncio.Lock()
         self._pass: asyncio.Future[bool] | None = None
+        self._unpublished: dict[str, RepositoryAction] = {}
 
     async def baseline(self) -> None:
         """Take the current generations as already followed (call before the first
@@ -64,15 +65,33 @@ class RepositorySync:
         await self._publish(model, RepositoryAction.UNLOAD)
 
     async def _publish(self, model: str, action: RepositoryAction) -> None:
+        """Count the change for the other processes. With the store down the call
+        still answers what it did here, and each poll tries the count again (the
+        latest action per model), so the others follow once the store is back."""
         # Under the poll's lock: a poll between the count and `_seen` would load the
         # model a second time here.
         async with self._catching_up:
-            generation = await self._store.record_repository_change(model, action)
+            self._unpublished[model] = action
+            await self._publish_pending(warn=True)
+
+    async def _publish_pending(self, *, warn: bool = False) -> None:
+        """`warn`: log a failure (a poll's are left to `run`'s once-per-outage line)."""
+        for model, action in list(self._unpublished.items()):
+            try:
+                generation = await self._store.record_repository_change(model, action)
+            except ModelplexError as exc:
+                if warn:
+                    log.warning("model %s: the %s is not counted yet (retried at each poll): "
+                                "%s", model, action.value, exc.message)  # fmt: skip
+                return
+            if self._unpublished.get(model) is action:
+                del self._unpublished[model]
             self._seen[model] = max(generation, self._seen.get(model, 0))
 
     async def catch_up(self) -> bool:
         """Do every change other processes made since the last look; whether any."""
         async with self._catching_up:
+            await self._publish_pending()
             generations = await self._store.repository_generations()
             changed = [g for g in generations.values() if g.generation > self._seen.get(g.model, 0)]
             for change in changed:
