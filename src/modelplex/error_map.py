@@ -31,6 +31,7 @@ class GrpcCode(StrEnum):
     INTERNAL = "INTERNAL"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     CANCELLED = "CANCELLED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ _TABLE: dict[type[BaseException], WireError] = {
     ),
     errors.JobFinished: _row("JOB_FINISHED", 409, 409, G.FAILED_PRECONDITION, "Job finished"),
     errors.JobCancelled: _row("CANCELLED", 409, 409, G.CANCELLED, "Cancelled"),
+    errors.Unauthenticated: _row("UNAUTHENTICATED", 401, 401, G.UNAUTHENTICATED, "Unauthenticated"),
     errors.MethodNotAllowed: _row(
         "METHOD_NOT_ALLOWED", 405, 405, G.UNIMPLEMENTED, "Method not allowed"
     ),

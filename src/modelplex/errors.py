@@ -19,6 +19,7 @@ job that failed with them may be retried.
     │   ├── JobNotFinished
     │   └── JobFinished         a cancel of a job (or batch) that has already finished
     ├── JobCancelled            a job stopped because it was cancelled
+    ├── Unauthenticated         missing or invalid credentials
     ├── MethodNotAllowed
     ├── ModelNotReady
     │   └── PipelineNotReady    a pipeline that failed to load
@@ -109,6 +110,10 @@ class JobFinished(Conflict):
 
 class JobCancelled(ModelplexError):
     """Cancelled by request."""
+
+
+class Unauthenticated(ModelplexError):
+    """Missing or invalid credentials."""
 
 
 class MethodNotAllowed(ModelplexError):

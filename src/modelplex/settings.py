@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -271,6 +271,37 @@ class Settings(BaseSettings):
     callback_dns_timeout_s: float = Field(default=2.0, gt=0, le=60)
     """How long resolving a callback URL's host may take, at submission
     (SERVICE_UNAVAILABLE after it) and before each delivery (a failed attempt)."""
+
+    # -- bearer tokens (OAuth2 / OpenID Connect) --------------------------------
+    jwt_issuer: str | None = None
+    """The `iss` every bearer token (JWT) must carry. Set with `jwt_audience` and
+    exactly one key source (`jwt_jwks_url`, `jwt_public_key` or `jwt_secret`) to
+    accept tokens from that authorisation server."""
+
+    jwt_audience: str | None = None
+    """The `aud` a bearer token must name (this server's identifier at the issuer)."""
+
+    jwt_jwks_url: str | None = None
+    """The issuer's JWKS document (its `jwks_uri`): keys are fetched from it, cached,
+    and fetched again when a token names an unknown `kid`, so rotation needs no restart."""
+
+    jwt_jwks_min_refresh_s: float = Field(default=30.0, ge=0, le=86_400)
+    """Fewest seconds between two JWKS fetches, so a flood of tokens with unknown
+    `kid`s cannot make modelplex hammer the issuer."""
+
+    jwt_jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long one JWKS fetch may take."""
+
+    jwt_public_key: str | None = None
+    """The issuer's public key (PEM: RSA, EC or Ed25519), instead of a JWKS URL."""
+
+    jwt_secret: SecretStr | None = None
+    """A shared HS256/384/512 secret (at least 32 characters), for tests and small
+    setups; with it no asymmetric algorithm is accepted, and with an asymmetric key
+    no HS algorithm is."""
+
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=600)
+    """Clock skew allowed when checking a token's `exp`, `nbf` and `iat`."""
 
     @field_validator("model_repository", "data_dir", "cache_dir", mode="after")
     @classmethod
