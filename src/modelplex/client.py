@@ -12,6 +12,7 @@ import httpx
 import orjson
 
 from modelplex import signatures
+from modelplex.oauth_client import ClientCredentials, OAuthError, auth_from
 from modelplex.signatures import WebhookVerificationError as WebhookVerificationError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -35,8 +36,18 @@ class ClientError(Exception):
 
 
 class ModelplexClient:
-    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(
+        self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0, api_key: str | None = None,
+        oauth: ClientCredentials | None = None,
+    ) -> None:  # fmt: skip
+        """`api_key` or `oauth` (a client-credentials grant) is sent as
+        `Authorization: Bearer`; without either, the environment's
+        `MODELPLEX_OAUTH_*` or `MODELPLEX_API_KEY` (see `modelplex.oauth_client`)."""
+        try:
+            auth = auth_from(api_key, oauth)
+        except OAuthError as exc:
+            raise ClientError(str(exc)) from None
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, auth=auth)
 
     def close(self) -> None:
         self._http.close()
@@ -201,6 +212,8 @@ class ModelplexClient:
             return written
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        except OAuthError as exc:
+            raise ClientError(f"cannot obtain an access token: {exc}") from exc
         finally:
             partial.unlink(missing_ok=True)
 
@@ -237,6 +250,8 @@ class ModelplexClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        except OAuthError as exc:
+            raise ClientError(f"cannot obtain an access token: {exc}") from exc
         if response.is_error:
             self._raise(response)
         return response
