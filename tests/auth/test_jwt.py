@@ -15,13 +15,20 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from modelplex.auth.jwt import JwtVerifier
 from modelplex.auth.principal import Credential, Principal
 from modelplex.errors import ConfigurationError, Unauthenticated
 from modelplex.settings import Settings
 from tests.auth.issuer import AUDIENCE, Issuer, running_issuer
+from tests.jobs.harness import serve_asgi
 
 SECRET = "a-shared-secret-of-at-least-32-characters"
 
@@ -45,10 +52,8 @@ def issuer() -> Iterator[Issuer]:
 
 def verifier_for(issuer: Issuer, clock: Clock | None = None, **overrides: Any) -> JwtVerifier:
     settings = Settings(
-        jwt_issuer=issuer.url,
-        jwt_audience=AUDIENCE,
-        jwt_jwks_url=issuer.jwks_url,
-        **overrides,
+        **{"jwt_issuer": issuer.url, "jwt_audience": AUDIENCE, "jwt_jwks_url": issuer.jwks_url}
+        | overrides
     )
     verifier = JwtVerifier.from_settings(settings, clock=clock or Clock())
     assert verifier is not None
@@ -266,3 +271,29 @@ def test_configuration() -> None:
         JwtVerifier.from_settings(
             Settings(jwt_issuer="https://idp.example", jwt_audience="m", jwt_public_key="nope")
         )
+
+
+def test_oversized_jwks_is_not_read(issuer: Issuer, caplog: pytest.LogCaptureFixture) -> None:
+    async def huge(request: Request) -> Response:
+        keys = [issuer.signing_key.as_dict(private=False)] * 3000  # well over 1 MiB
+        return JSONResponse({"keys": keys})
+
+    app = Starlette(routes=[Route("/jwks", huge)])
+    with serve_asgi(app) as url:
+        verifier = verifier_for(issuer, jwt_jwks_url=f"{url}/jwks")
+        assert refused(verifier, signed(issuer)) == "unknown signing key"
+    assert "JWKS fetch" in caplog.text
+    assert "ValueError" in caplog.text
+
+
+def test_eddsa_public_key(issuer: Issuer) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    verifier = JwtVerifier.from_settings(
+        Settings(jwt_issuer=issuer.url, jwt_audience=AUDIENCE, jwt_public_key=pem.decode())
+    )
+    assert verifier is not None
+    now = int(time.time())
+    claims = {"iss": issuer.url, "aud": AUDIENCE, "sub": "edge", "exp": now + 60}
+    assert verify(verifier, jwt.encode(claims, private, algorithm="EdDSA")).subject == "edge"
+    assert refused(verifier, signed(issuer)) == "algorithm not allowed"
