@@ -19,6 +19,7 @@ from modelplex.error_map import GrpcCode, public_message, wire_error
         (errors.PayloadTooLarge(), "PAYLOAD_TOO_LARGE", 413, GrpcCode.RESOURCE_EXHAUSTED),
         (errors.UnsupportedMediaType(), "UNSUPPORTED_MEDIA_TYPE", 415, GrpcCode.INVALID_ARGUMENT),
         (errors.InferenceFailed(), "INTERNAL", 500, GrpcCode.INTERNAL),
+        (errors.Unauthenticated(), "UNAUTHENTICATED", 401, GrpcCode.UNAUTHENTICATED),
         (ValueError("private"), "INTERNAL", 500, GrpcCode.INTERNAL),
     ],
 )
@@ -36,3 +37,9 @@ def test_default_messages_come_from_docstrings() -> None:
 
 def test_foreign_exception_text_is_never_public() -> None:
     assert public_message(KeyError("/etc/secret")) == "Internal error"
+
+
+def test_unauthenticated_is_401_on_both_rest_surfaces_and_never_retried() -> None:
+    wire = wire_error(errors.Unauthenticated("token expired"))
+    assert (wire.http_status, wire.v2_status, wire.retryable) == (401, 401, False)
+    assert public_message(errors.Unauthenticated("token expired")) == "token expired"
