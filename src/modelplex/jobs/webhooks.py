@@ -63,8 +63,12 @@ def load_or_create_secret(path: Path) -> str:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(new_secret() + "\n")
-        partial.chmod(0o600)
+        partial.unlink(missing_ok=True)  # left by a crashed process with our pid
+        # 0600 from the first byte: a chmod after the write leaves a window in
+        # which another user can read the secret.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(new_secret() + "\n")
         try:
             os.link(partial, path)
         except FileExistsError:
