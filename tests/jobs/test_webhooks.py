@@ -23,11 +23,10 @@ from starlette.routing import Route
 from modelplex.client import WebhookVerificationError, verify_webhook
 from modelplex.errors import ConfigurationError, InvalidInput, ResourceExhausted, Unavailable
 from modelplex.executors import Pool
+from modelplex.jobs.callbacks import Resolver, check_callback_url
 from modelplex.jobs.webhooks import (
     DeliveryPolicy,
     Dispatcher,
-    Resolver,
-    check_callback_url,
     load_or_create_secret,
     parse_secret,
     sign,
