@@ -33,6 +33,7 @@ from modelplex.ids import new_id
 from modelplex.jobs.callbacks import Resolver, check_callback_url, pinned, pinned_client
 from modelplex.jobs.waiting import wait_any
 from modelplex.records import Delivery, DeliveryStatus
+from modelplex.redaction import mask_secrets
 from modelplex.retry import Backoff
 from modelplex.signatures import SECRET_PREFIX, secret_key, sign
 from modelplex.storage.interface import DeliveryStore
@@ -226,7 +227,7 @@ class Dispatcher:
         except (TimeoutError, httpx.TimeoutException):
             error = "timeout"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = mask_secrets(f"{type(exc).__name__}: {exc}")  # may quote the URL
         except Exception as exc:  # e.g. httpx.InvalidURL: a URL that can never work
             error = type(exc).__name__
             status_code = 0
