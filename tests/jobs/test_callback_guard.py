@@ -4,21 +4,37 @@ connect to the address that was checked (no DNS rebinding)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
+import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from modelplex.errors import InvalidInput
-from modelplex.jobs.callbacks import Resolver, check_callback_url, host_allowed
+from modelplex.jobs.callbacks import (
+    CheckedURL,
+    Resolver,
+    check_callback_url,
+    host_allowed,
+    pinned,
+    pinned_client,
+)
 from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
 from modelplex.records import DeliveryStatus
 from modelplex.retry import Backoff
 from modelplex.storage.memory import MemoryStore
 from tests.jobs.conftest import JobsEnv
-from tests.jobs.harness import TEST_SECRET, receiver
+from tests.jobs.harness import TEST_SECRET, Receiver, receiver, serve_asgi
 from tests.jobs.test_webhooks import attempts_of, dispatching, queue_delivery
 from tests.jobs.units import eventually, wait_task
 
@@ -222,3 +238,60 @@ async def test_a_delivery_to_a_host_no_longer_allowed_fails_without_retry() -> N
 async def _when(value: Any, ok: Any) -> Any:
     result = await value
     return result if ok(result) else None
+
+
+def _self_signed(folder: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for `host` (its own CA), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.mark.anyio
+async def test_tls_to_the_checked_address_verifies_the_urls_host(tmp_path: Path) -> None:
+    """Connected to 127.0.0.1, the TLS server name and certificate check are the
+    URL's host: `hooks.test`'s certificate passes, and fails for another name."""
+    cert_file, key_file = _self_signed(tmp_path, "hooks.test")
+    trust = ssl.create_default_context(cafile=str(cert_file))
+    hooks = Receiver()
+    app = Starlette(routes=[Route("/hook", hooks.handle, methods=["POST"])])
+    with serve_asgi(app, ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)) as base:
+        port = httpx.URL(base).port
+        assert port is not None
+        async with pinned_client(5.0, trust) as http:
+            good = CheckedURL(f"https://hooks.test:{port}/hook", "hooks.test", port, "127.0.0.1")
+            with pinned(good):
+                answer = await http.post(good.url, content=b"{}")
+            assert answer.status_code == 200
+            other = CheckedURL(f"https://other.test:{port}/hook", "other.test", port, "127.0.0.1")
+            with pinned(other), pytest.raises(httpx.ConnectError, match="certificate"):
+                await http.post(other.url, content=b"{}")
+        # Outside a checked delivery nothing is connected to (a kept-alive
+        # connection is reused only for its host, opened to its checked address).
+        async with pinned_client(5.0, trust) as http:
+            with pytest.raises(httpx.ConnectError, match="no checked address"):
+                await http.post(f"https://hooks.test:{port}/hook", content=b"{}")
+    assert len(hooks.received) == 1
+    assert hooks.received[0]["headers"]["host"] == f"hooks.test:{port}"

@@ -21,6 +21,7 @@ import asyncio
 import contextvars
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -235,7 +236,7 @@ class pinned:
         _PINNED.reset(self._token)
 
 
-def pinned_client(timeout_s: float) -> httpx.AsyncClient:
+def pinned_client(timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
     """The deliveries' client: no redirects (a receiver could bounce us anywhere),
     no proxies from the environment, and connections only to checked addresses.
     A pooled connection is reused only for its own host and port, and was opened
@@ -245,7 +246,7 @@ def pinned_client(timeout_s: float) -> httpx.AsyncClient:
     # same TLS context and limits httpx would have used.
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
