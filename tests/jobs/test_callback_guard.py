@@ -53,6 +53,8 @@ ALWAYS_REFUSED = [
     "::ffff:127.0.0.1",
     "::7f00:1",  # IPv4-compatible 127.0.0.1
     "::a9fe:a9fe",
+    "::ffff:0:7f00:1",  # SIIT-translated 127.0.0.1
+    "192.0.0.192",  # Oracle Cloud metadata (legacy)
     "2002:a9fe:a9fe::1",  # 6to4
     "2002:7f00:1::1",
     "0.0.0.0",

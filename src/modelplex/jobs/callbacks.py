@@ -35,7 +35,11 @@ from modelplex.executors import Pool
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+TRANSLATED = (
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64, well-known prefix
+    ipaddress.ip_network("64:ff9b:1::/48"),  # NAT64, local use
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # SIIT IPv4-translated
+)
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 ALWAYS_REFUSED: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = tuple(
@@ -43,6 +47,7 @@ ALWAYS_REFUSED: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network],
     for reason, net in (
         ("a cloud metadata address", "100.100.100.200/32"),  # Alibaba Cloud
         ("a cloud metadata address", "fd00:ec2::254/128"),  # AWS over IPv6
+        ("a cloud metadata address", "192.0.0.192/32"),  # Oracle Cloud (legacy)
         ("a link-local address", "169.254.0.0/16"),  # also AWS, GCP, Azure metadata
         ("a link-local address", "fe80::/10"),
         ("a site-local address", "fec0::/10"),
@@ -65,7 +70,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]
-    if any(address in net for net in NAT64) or (
+    if any(address in net for net in TRANSLATED) or (
         address in IPV4_COMPATIBLE and int(address) > 1  # not :: nor ::1
     ):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
