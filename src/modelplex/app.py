@@ -24,13 +24,14 @@ from modelplex.core.registry import ModelRegistry
 from modelplex.errors import ModelplexError
 from modelplex.executors import Executors
 from modelplex.jobs.batches import BatchService
+from modelplex.jobs.callbacks import Resolver
 from modelplex.jobs.control import JobControl, Outcome
 from modelplex.jobs.pipelines import PipelineRegistry
 from modelplex.jobs.runner import JobRunner
 from modelplex.jobs.service import JobService
 from modelplex.jobs.supervisor import wake_on_stdin, worker_environment
 from modelplex.jobs.system import JobSystem
-from modelplex.jobs.webhooks import Resolver, load_or_create_secret, parse_secret
+from modelplex.jobs.webhooks import load_or_create_secret, parse_secret
 from modelplex.jobs.worker import Worker, WorkerConfig
 from modelplex.oip.service import V2Service
 from modelplex.process import tune_gc

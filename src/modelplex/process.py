@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 
+from modelplex.redaction import install_log_redaction
+
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -12,6 +14,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("modelplex").setLevel(level.upper())
+    # Every line this process writes: no password, token or webhook secret in it.
+    install_log_redaction()
 
 
 def tune_gc(gen0_threshold: int) -> None:

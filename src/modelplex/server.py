@@ -40,6 +40,7 @@ from modelplex.config_errors import unknown_environment
 from modelplex.errors import ConfigurationError, ModelLoadError
 from modelplex.examples import ensure_example_repository
 from modelplex.process import configure_logging
+from modelplex.redaction import install_log_redaction
 from modelplex.replicas import Replicas, read_replica_arguments, replica_settings, watch_parent
 from modelplex.settings import Settings
 
@@ -148,6 +149,7 @@ class _Process:
                 timeout_graceful_shutdown=10,
             )
         )
+        install_log_redaction("uvicorn", "uvicorn.access")  # uvicorn's config set its handlers
         self.grpc_port: int | None = None
 
     async def run(self) -> None:

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     access_log: bool = False
     """One log line per HTTP request (costs throughput at high request rates)."""
 
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    """Browser origins (`https://app.example.com`) allowed to call the API across
+    origins; empty: CORS off, no CORS headers at all. Env: a JSON list."""
+
     gc_gen0_threshold: int = Field(default=10_000, ge=0)
     """Allocations between young-generation garbage collections; 0 keeps Python's
     default (700). Loaded models are also frozen out of the collector: with them
@@ -251,6 +255,10 @@ class Settings(BaseSettings):
 
     webhook_allow_private: bool = False
     """Allow callback URLs that resolve to loopback, link-local or private addresses."""
+
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts callback URLs may name: exact (`hooks.example.com`) or a suffix
+    (`*.example.com`); empty: any host that passes the address checks."""
 
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """How long one webhook delivery attempt may take."""

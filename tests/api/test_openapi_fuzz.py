@@ -72,7 +72,8 @@ def fuzz_server(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
             """
         )
     )
-    # Private callback URLs allowed: no DNS look-ups of the fuzzer's made-up hosts.
+    # Private callback URLs allowed: the fuzzer's loopback and private addresses are
+    # accepted (its made-up host names do not resolve: 422).
     settings = settings_for(tmp_path_factory.mktemp("fuzz-state"), webhook_allow_private=True)
     server: RunningServer
     with start(settings, repo) as server:

@@ -149,11 +149,12 @@ class Receiver:
 
 
 @contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
+def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
+    """`app` on a free loopback port (`config`: more uvicorn options, e.g. TLS)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     wait_for(lambda: server.started, timeout=20)

@@ -3,7 +3,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,11 +23,10 @@ from starlette.routing import Route
 from modelplex.client import WebhookVerificationError, verify_webhook
 from modelplex.errors import ConfigurationError, InvalidInput, ResourceExhausted, Unavailable
 from modelplex.executors import Pool
+from modelplex.jobs.callbacks import Resolver, check_callback_url
 from modelplex.jobs.webhooks import (
     DeliveryPolicy,
     Dispatcher,
-    Resolver,
-    check_callback_url,
     load_or_create_secret,
     parse_secret,
     sign,
@@ -81,6 +82,22 @@ def test_generated_secret_is_kept(tmp_path: Path) -> None:
     first = load_or_create_secret(path)
     assert parse_secret(first)
     assert load_or_create_secret(path) == first
+
+
+def test_generated_secret_file_is_private_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created 0600 (even under a permissive umask), never chmod-ed afterwards."""
+    old = os.umask(0)
+    try:
+        calls: list[str] = []
+        monkeypatch.setattr(Path, "chmod", lambda *a, **k: calls.append("chmod"))
+        path = tmp_path / "data" / "webhook_secret"
+        load_or_create_secret(path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert calls == []
 
 
 @pytest.mark.anyio

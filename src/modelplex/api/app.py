@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Scope
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplex import __version__ as modelplex_version
 from modelplex.api import routes_jobs, routes_v1, routes_v2
@@ -33,9 +35,27 @@ Errors on `/v1` are RFC 9457 `application/problem+json` documents with a stable
 protocol's `{"error": "..."}`. Every code, from the one error table:
 """
 
+CORS_METHODS = ["GET", "POST", "DELETE"]
+CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID"]
+CORS_EXPOSE = ["X-Request-ID", "Retry-After", "Location"]
+
 BODY_SCHEMAS = (
     *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS, Problem,
 )  # fmt: skip
+
+
+class AllowListCORS(CORSMiddleware):
+    """Starlette's CORS, but an origin outside the list gets no CORS header at all
+    (Starlette would still send Access-Control-Expose-Headers)."""
+
+    async def simple_response(
+        self, scope: Scope, receive: Receive, send: Send, request_headers: Headers
+    ) -> None:
+        origin = request_headers.get("origin")
+        if origin is None or self.is_allowed_origin(origin):
+            await super().simple_response(scope, receive, send, request_headers)
+        else:
+            await self.app(scope, receive, send)
 
 
 class ModelplexApp(FastAPI):
@@ -65,6 +85,16 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         shortcut=_shortcut,
         max_inflight=settings.max_inflight_requests,
     )
+    if settings.cors_allow_origins:  # off by default: not even a pass-through layer
+        # Outermost, so a preflight is answered before the body limits and the
+        # in-flight bound, and refusals carry the CORS headers a browser needs to read them.
+        app.add_middleware(
+            AllowListCORS,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSE,
+        )
     return app
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from modelplex.core.catalog import ModelInfo
 from modelplex.jobs.events import iso, timed
 from modelplex.records import Batch, Delivery, DeliveryStatus, Job, JobKind, JobStatus
+from modelplex.redaction import redact_url
 
 
 def model_summary(model: ModelInfo) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "metadata": job.metadata,
-        "callback_url": job.callback_url,
+        "callback_url": redact_url(job.callback_url),
         "callback_events": job.callback_events,
         "history": [timed(entry) for entry in job.history],
         "links": {
@@ -84,7 +85,7 @@ def delivery_view(delivery: Delivery) -> dict[str, Any]:
     return {
         "id": delivery.id,
         "event": delivery.event,
-        "url": delivery.url,
+        "url": redact_url(delivery.url),
         "status": delivery.status.value,
         "created_at": iso(delivery.created_at),
         "next_attempt_at": iso(delivery.next_attempt_at) if pending else None,

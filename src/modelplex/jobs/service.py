@@ -29,9 +29,9 @@ from modelplex.errors import (
     VersionNotFound,
 )
 from modelplex.jobs import requests
+from modelplex.jobs.callbacks import Resolver, check_callback_url
 from modelplex.jobs.events import finish_event
 from modelplex.jobs.pipelines import PipelineRegistry, PipelineState
-from modelplex.jobs.webhooks import Resolver, check_callback_url
 from modelplex.records import (
     CANCELLED_BY_REQUEST,
     Delivery,
@@ -196,7 +196,10 @@ class JobService:
         check_metadata(request.metadata)
         if request.callback_url is not None:
             await check_callback_url(
-                request.callback_url, self.settings.webhook_allow_private, self._resolver
+                request.callback_url,
+                self.settings.webhook_allow_private,
+                self._resolver,
+                self.settings.webhook_allowed_hosts,
             )
         elif request.callback_events:
             raise InvalidInput("callback_events needs a callback_url")

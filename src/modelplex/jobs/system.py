@@ -16,9 +16,10 @@ import logging
 import time
 
 from modelplex.jobs.batches import CREATION_LIMIT_S
+from modelplex.jobs.callbacks import Resolver
 from modelplex.jobs.supervisor import WorkerSupervisor
 from modelplex.jobs.waiting import wait_any
-from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher, Resolver
+from modelplex.jobs.webhooks import DeliveryPolicy, Dispatcher
 from modelplex.retry import Backoff
 from modelplex.settings import Settings
 from modelplex.storage.blobs import BlobStore
@@ -53,6 +54,7 @@ class JobSystem:
             DeliveryPolicy(settings.webhook_max_attempts, backoff),
             timeout_s=settings.webhook_timeout_s,
             allow_private=settings.webhook_allow_private,
+            allowed_hosts=settings.webhook_allowed_hosts,
             poll_s=DISPATCH_POLL_S,
             concurrency=settings.webhook_concurrency,
             max_response_bytes=settings.webhook_max_response_bytes,

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 import os
 import secrets
-import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -31,10 +29,11 @@ from modelplex.errors import (
     StoreUnavailable,
     Unavailable,
 )
-from modelplex.executors import Pool
 from modelplex.ids import new_id
+from modelplex.jobs.callbacks import Resolver, check_callback_url, pinned, pinned_client
 from modelplex.jobs.waiting import wait_any
 from modelplex.records import Delivery, DeliveryStatus
+from modelplex.redaction import mask_secrets
 from modelplex.retry import Backoff
 from modelplex.signatures import SECRET_PREFIX, secret_key, sign
 from modelplex.storage.interface import DeliveryStore
@@ -63,8 +62,12 @@ def load_or_create_secret(path: Path) -> str:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(new_secret() + "\n")
-        partial.chmod(0o600)
+        partial.unlink(missing_ok=True)  # left by a crashed process with our pid
+        # 0600 from the first byte: a chmod after the write leaves a window in
+        # which another user can read the secret.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(new_secret() + "\n")
         try:
             os.link(partial, path)
         except FileExistsError:
@@ -72,76 +75,6 @@ def load_or_create_secret(path: Path) -> str:
         finally:
             partial.unlink(missing_ok=True)
     return path.read_text().strip()
-
-
-# -- SSRF guard ---------------------------------------------------------------
-def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Anything but a public unicast address: loopback, private, link-local,
-    carrier-grade NAT (100.64/10: some clouds' metadata), multicast, reserved,
-    and IPv4 addresses hidden inside IPv6 (mapped, 6to4, Teredo)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is not None and _forbidden(embedded):
-            return True
-    return not address.is_global or address.is_multicast
-
-
-@dataclass(frozen=True, slots=True)
-class Resolver:
-    """Resolves callback hosts on a bounded pool of their own (`Executors.dns`),
-    waiting at most `timeout_s`: getaddrinfo cannot be cancelled, and a flood of
-    slow hosts must not take the threads other work needs."""
-
-    pool: Pool | None = None
-    """None: the event loop's default executor (tests, tools)."""
-    timeout_s: float = 2.0
-
-    async def addresses(self, host: str, port: int) -> list[str]:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                if self.pool is None:
-                    infos = await asyncio.get_running_loop().getaddrinfo(
-                        host, port, type=socket.SOCK_STREAM
-                    )
-                else:
-                    infos = await self.pool.run(
-                        socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM
-                    )
-        except TimeoutError:
-            raise Unavailable(
-                f"callback_url host '{host}' did not resolve within {self.timeout_s:g} s"
-            ) from None
-        except (socket.gaierror, UnicodeError):
-            raise InvalidInput(f"callback_url host '{host}' does not resolve") from None
-        return [str(info[4][0]) for info in infos]
-
-
-async def check_callback_url(
-    url: str, allow_private: bool, resolver: Resolver | None = None
-) -> None:
-    """Refuse URLs that are not http(s), or whose host resolves to loopback,
-    link-local or private ranges (unless `allow_private`). A host that does not
-    resolve in time is SERVICE_UNAVAILABLE (the pool busy: RESOURCE_EXHAUSTED)."""
-    if len(url) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise InvalidInput("callback_url must be a URL of at most 2048 printable characters")
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:  # a bad port or bracketed host
-        raise InvalidInput("callback_url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidInput("callback_url must be an absolute http or https URL")
-    if allow_private:
-        return
-    resolver = resolver or Resolver()
-    addresses = await resolver.addresses(host, port or (443 if parts.scheme == "https" else 80))
-    if any(_forbidden(ipaddress.ip_address(address)) for address in addresses):
-        raise InvalidInput(
-            f"callback_url host '{host}' is not a public address (loopback, link-local and "
-            "private ranges are refused unless MODELPLEX_WEBHOOK_ALLOW_PRIVATE=true)"
-        )
 
 
 # -- retry policy -------------------------------------------------------------
@@ -190,6 +123,7 @@ class Dispatcher:
         *,
         timeout_s: float,
         allow_private: bool,
+        allowed_hosts: Sequence[str] = (),
         concurrency: int = 16,
         poll_s: float = 0.25,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
@@ -200,6 +134,7 @@ class Dispatcher:
         self._policy = policy
         self._timeout_s = timeout_s
         self._allow_private = allow_private
+        self._allowed_hosts = tuple(allowed_hosts)
         self._concurrency = concurrency
         self._poll_s = poll_s
         self._max_response_bytes = max_response_bytes
@@ -209,10 +144,7 @@ class Dispatcher:
         self._finished_one = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        # No redirects (a receiver could bounce us anywhere) and no proxies from
-        # the environment (deliveries go where the SSRF guard checked).
-        client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False, trust_env=False)
-        async with client as http:
+        async with pinned_client(self._timeout_s) as http:
             try:
                 while not stop.is_set():
                     self._finished_one.clear()
@@ -280,9 +212,13 @@ class Dispatcher:
         error: str | None = None
         try:
             async with asyncio.timeout(self._timeout_s):  # the whole attempt, DNS included
-                # DNS may have changed since submission.
-                await check_callback_url(delivery.url, self._allow_private, self._resolver)
-                status_code = await self._post(http, delivery.url, body, headers)
+                # DNS may have changed since submission; the connection goes to
+                # the address checked now, whatever DNS answers next.
+                checked = await check_callback_url(
+                    delivery.url, self._allow_private, self._resolver, self._allowed_hosts
+                )
+                with pinned(checked):
+                    status_code = await self._post(http, delivery.url, body, headers)
         except InvalidInput as exc:
             error = exc.message
             status_code = 0  # refused by the guard: final, not retried
@@ -291,7 +227,7 @@ class Dispatcher:
         except (TimeoutError, httpx.TimeoutException):
             error = "timeout"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = mask_secrets(f"{type(exc).__name__}: {exc}")  # may quote the URL
         except Exception as exc:  # e.g. httpx.InvalidURL: a URL that can never work
             error = type(exc).__name__
             status_code = 0
