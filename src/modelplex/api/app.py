@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Scope
 
 from modelplex import __version__ as modelplex_version
-from modelplex.api import routes_jobs, routes_v1, routes_v2
+from modelplex.api import routes_admin, routes_jobs, routes_v1, routes_v2
+from modelplex.api.door import RestDoor
 from modelplex.api.middleware import RequestContextMiddleware
 from modelplex.api.openapi import build_document, with_pipeline_inputs
 from modelplex.api.problems import install_handlers
@@ -34,7 +35,8 @@ protocol's `{"error": "..."}`. Every code, from the one error table:
 """
 
 BODY_SCHEMAS = (
-    *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS, Problem,
+    *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS,
+    *routes_admin.REQUEST_SCHEMAS, Problem,
 )  # fmt: skip
 
 
@@ -57,6 +59,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_admin.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
@@ -64,6 +67,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         shortcut=_shortcut,
         max_inflight=settings.max_inflight_requests,
+        authorize=RestDoor(modelplex.auth),
     )
     return app
 
