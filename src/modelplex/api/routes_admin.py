@@ -4,7 +4,7 @@ rotate only; afterwards only its prefix is ever shown."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -15,6 +15,7 @@ from modelplex.api import payloads
 from modelplex.api.deps import modelplex_of
 from modelplex.api.openapi_docs import json_content, problem_responses
 from modelplex.auth.keys import KeyManager, NewKey, key_view
+from modelplex.auth.principal import Scope
 from modelplex.core.envelopes import Envelope, parse
 
 router = APIRouter()
@@ -24,13 +25,21 @@ JSON = "application/json"
 class KeyCreate(Envelope):
     """JSON body of POST /v1/admin/keys."""
 
-    name: str = Field(min_length=1, max_length=200, description="What the key is for")
-    scopes: list[str] = Field(min_length=1, description='e.g. ["predict", "jobs:write"]')
-    models: list[str] | None = Field(
+    name: str = Field(
+        min_length=1, max_length=200, pattern=r"\S", description="What the key is for"
+    )
+    scopes: list[Scope] = Field(min_length=1, description='e.g. ["predict", "jobs:write"]')
+    models: list[Annotated[str, Field(pattern=r"^[^\s:]+(:[^\s:]+)?$")]] | None = Field(
         None, description="Model allow-list (`digits`, `digits:*`, `digits:2`); null: every model"
     )
-    expires_in: str | None = Field(None, description="Lifetime: `30d`, `12h`, `90m`; null: none")
-    rate_limit: str | None = Field(None, description="e.g. `50/second`; null: the default")
+    expires_in: str | None = Field(
+        None, pattern=r"^0*[1-9][0-9]{0,8}[smhdw]$",
+        description="Lifetime: `30d`, `12h`, `90m`; null: none",
+    )  # fmt: skip
+    rate_limit: str | None = Field(
+        None, pattern=r"^[0-9]{1,9}/(second|minute|hour|day)$",
+        description="e.g. `50/second`; null: the default",
+    )  # fmt: skip
 
 
 class KeyView(BaseModel):
@@ -83,8 +92,8 @@ def _new(created: NewKey) -> dict[str, Any]:
 async def create_key(request: Request) -> Response:
     body = await payloads.read_json(request, lambda doc: parse(KeyCreate, doc))
     created = await _keys(request).create(
-        body.name, body.scopes, models=body.models, expires_in=body.expires_in,
-        rate_limit=body.rate_limit,
+        body.name, [scope.value for scope in body.scopes], models=body.models,
+        expires_in=body.expires_in, rate_limit=body.rate_limit,
     )  # fmt: skip
     return _json(_new(created), 201)
 
