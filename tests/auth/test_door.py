@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -305,3 +306,26 @@ def test_the_admin_api_creates_lists_rotates_and_revokes(door: Door) -> None:
         assert missing.json()["code"] == "KEY_NOT_FOUND"
         bad = http.post("/v1/admin/keys", json={"name": "x", "scopes": ["everything"]})
         assert bad.status_code == 422
+
+
+def test_each_request_of_a_stream_is_held_to_the_allow_list(door: Door) -> None:
+    key = door.key("--scopes", "predict", "--models", "digits")
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton.InferenceServerClient(door.grpc)
+    try:
+        client.start_stream(
+            lambda result, error: answers.put((result, error)),
+            headers={"authorization": f"Bearer {key}"},
+        )
+        tensor = triton.InferInput("pixels", [1, 64], "FP32")
+        tensor.set_data_from_numpy(PIXELS)
+        client.async_stream_infer("digits", [tensor], request_id="ok")
+        client.async_stream_infer("image-classifier", [tensor], request_id="no")
+        got = [answers.get(timeout=30) for _ in range(2)]
+    finally:
+        client.stop_stream()
+        client.close()
+    errors = [str(error) for _, error in got if error is not None]
+    assert len(errors) == 1, got
+    assert "image-classifier" in errors[0]
+    assert sum(result is not None for result, _ in got) == 1
