@@ -22,7 +22,9 @@ PG_ADMIN = os.environ.get(
     "MODELPLEX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PG_DATABASE = f"modelplex_test_{os.getpid()}"
-TABLES = ("webhook_deliveries", "batch_refusals", "jobs", "batches", "model_generations")
+TABLES = (
+    "webhook_deliveries", "batch_refusals", "jobs", "batches", "model_generations", "api_keys",
+)  # fmt: skip
 
 
 async def _recreate_pg_database() -> str:

@@ -18,6 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from modelplex.auth.authenticator import Authenticator, TokenVerifier
+from modelplex.auth.jwt import JwtVerifier
+from modelplex.auth.keys import KeyManager, key_pepper
+from modelplex.auth.mode import AuthMode, decide_mode
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.queueing import Priority
 from modelplex.core.registry import ModelRegistry
@@ -85,8 +89,10 @@ class Modelplex:
         store: Store | None = None,
         clock: Clock | None = None,
         replica: bool = False,
+        token_verifier: TokenVerifier | None = None,
     ) -> None:
-        """`clock`: stands in for the job database's clock (tests); None reads the
+        """`token_verifier`: checks bearer tokens that are JWTs (None: only API keys).
+        `clock`: stands in for the job database's clock (tests); None reads the
         database's own. `replica`: one more serving process beside a first one that
         owns the job side; it serves requests (jobs included: they go to the shared
         store) but runs no migration, dispatcher, retention or workers of its own."""
@@ -112,6 +118,15 @@ class Modelplex:
             catch_up=self.sync.catch_up,
         )  # fmt: skip
         self.batches = BatchService(self.store, self.jobs)
+        pepper = key_pepper(settings)
+        self.keys = KeyManager(self.store, pepper)
+        if token_verifier is None:  # a bad token configuration stops the start here
+            token_verifier = JwtVerifier.from_settings(settings)
+        self.auth = Authenticator(
+            self.store, pepper, cache_ttl_s=settings.key_cache_ttl_s,
+            verifier=token_verifier,
+        )  # fmt: skip
+        """Credentials to principals, for both adapters; its mode is set by `start()`."""
         self._background: JobSystem | None = None
         self._loading: asyncio.Task[None] | None = None
         self._following: asyncio.Task[None] | None = None
@@ -120,12 +135,14 @@ class Modelplex:
         settings = self.settings
         await asyncio.to_thread(self.registry.discover)
         if self.replica:
+            await self._decide_auth()
             await asyncio.to_thread(self.pipelines.load_all)
             await self._start_models()
             return
         if isinstance(self.store, SqlStore):
             # The job database must be reachable: fail start-up now, not every job later.
             await self.store.migrate()
+        await self._decide_auth()
         await self.executors.loads.run(self.pipelines.load_all)
         env = None
         if settings.workers:
@@ -140,6 +157,20 @@ class Modelplex:
         )
         self._background.start()
         await self._start_models()
+
+    async def _decide_auth(self) -> None:
+        settings = self.settings
+        self.auth.mode = decide_mode(
+            settings.auth, settings.host,
+            has_keys=settings.auth is None and await self.store.count_api_keys() > 0,
+            has_issuer=self.auth.verifier is not None,
+        )  # fmt: skip
+        if self.auth.mode is AuthMode.OPEN and not self.replica:
+            log.warning(
+                "serving without authentication: %s is a loopback address and no API key "
+                "or token issuer is configured (MODELPLEX_AUTH=required to require one)",
+                settings.host,
+            )
 
     async def _start_models(self) -> None:
         """Load the repository in the background, then follow other processes' changes."""

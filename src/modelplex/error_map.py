@@ -23,6 +23,8 @@ class GrpcCode(StrEnum):
     """gRPC status code names (the adapter resolves them to `grpc.StatusCode`)."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -31,7 +33,6 @@ class GrpcCode(StrEnum):
     INTERNAL = "INTERNAL"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     CANCELLED = "CANCELLED"
-    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ def _row(
 G = GrpcCode
 _TABLE: dict[type[BaseException], WireError] = {
     errors.InvalidInput: _row("INVALID_INPUT", 422, 400, G.INVALID_ARGUMENT, "Invalid input"),
+    errors.Unauthenticated: _row("UNAUTHENTICATED", 401, 401, G.UNAUTHENTICATED, "Unauthenticated"),
+    errors.Forbidden: _row("FORBIDDEN", 403, 403, G.PERMISSION_DENIED, "Forbidden"),
     errors.NotFound: _row("NOT_FOUND", 404, 404, G.NOT_FOUND, "Not found"),
     errors.ModelNotFound: _row("MODEL_NOT_FOUND", 404, 404, G.NOT_FOUND, "Model not found"),
     errors.VersionNotFound: _row(
@@ -68,6 +71,7 @@ _TABLE: dict[type[BaseException], WireError] = {
     errors.JobNotFound: _row("JOB_NOT_FOUND", 404, 404, G.NOT_FOUND, "Job not found"),
     errors.BatchNotFound: _row("BATCH_NOT_FOUND", 404, 404, G.NOT_FOUND, "Batch not found"),
     errors.BlobNotFound: _row("BLOB_NOT_FOUND", 404, 404, G.NOT_FOUND, "Stored data not found"),
+    errors.KeyNotFound: _row("KEY_NOT_FOUND", 404, 404, G.NOT_FOUND, "API key not found"),
     errors.Conflict: _row("CONFLICT", 409, 409, G.FAILED_PRECONDITION, "Conflict"),
     errors.IdempotencyConflict: _row(
         "IDEMPOTENCY_CONFLICT", 409, 409, G.FAILED_PRECONDITION, "Idempotency key conflict"
@@ -77,7 +81,6 @@ _TABLE: dict[type[BaseException], WireError] = {
     ),
     errors.JobFinished: _row("JOB_FINISHED", 409, 409, G.FAILED_PRECONDITION, "Job finished"),
     errors.JobCancelled: _row("CANCELLED", 409, 409, G.CANCELLED, "Cancelled"),
-    errors.Unauthenticated: _row("UNAUTHENTICATED", 401, 401, G.UNAUTHENTICATED, "Unauthenticated"),
     errors.MethodNotAllowed: _row(
         "METHOD_NOT_ALLOWED", 405, 405, G.UNIMPLEMENTED, "Method not allowed"
     ),

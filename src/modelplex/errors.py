@@ -6,6 +6,8 @@ job that failed with them may be retried.
 
     ModelplexError
     ├── InvalidInput            the request does not match what the model accepts
+    ├── Unauthenticated         no credentials, or ones that prove nothing
+    ├── Forbidden               valid credentials without the scope or the model
     ├── NotFound
     │   ├── ModelNotFound
     │   ├── VersionNotFound
@@ -13,13 +15,13 @@ job that failed with them may be retried.
     │   ├── JobNotFound
     │   ├── BatchNotFound
     │   ├── BlobNotFound        a stored input or result is gone (expired)
+    │   ├── KeyNotFound         an API key id that does not exist
     │   └── RouteNotFound
     ├── Conflict
     │   ├── IdempotencyConflict the key was used with a different request
     │   ├── JobNotFinished
     │   └── JobFinished         a cancel of a job (or batch) that has already finished
     ├── JobCancelled            a job stopped because it was cancelled
-    ├── Unauthenticated         missing or invalid credentials
     ├── MethodNotAllowed
     ├── ModelNotReady
     │   └── PipelineNotReady    a pipeline that failed to load
@@ -60,6 +62,14 @@ class InvalidInput(ModelplexError):
     """The request's input is invalid."""
 
 
+class Unauthenticated(ModelplexError):
+    """Credentials are missing or invalid."""
+
+
+class Forbidden(ModelplexError):
+    """The credentials do not allow this request."""
+
+
 class NotFound(ModelplexError):
     """The resource was not found."""
 
@@ -88,6 +98,10 @@ class BlobNotFound(NotFound):
     """The stored data does not exist (it may have expired)."""
 
 
+class KeyNotFound(NotFound):
+    """The API key does not exist."""
+
+
 class RouteNotFound(NotFound):
     """No such endpoint."""
 
@@ -110,10 +124,6 @@ class JobFinished(Conflict):
 
 class JobCancelled(ModelplexError):
     """Cancelled by request."""
-
-
-class Unauthenticated(ModelplexError):
-    """Missing or invalid credentials."""
 
 
 class MethodNotAllowed(ModelplexError):

@@ -164,6 +164,7 @@ class _Process:
                     self.modelplex.v2, settings.host, settings.grpc_port,
                     settings.max_request_bytes, settings.max_tensor_elements,
                     shared=self.replica or settings.effective_http_processes > 1,
+                    authenticator=self.modelplex.auth,
                 )  # fmt: skip
                 await grpc_server.start()
                 self.grpc_port = grpc_server.port

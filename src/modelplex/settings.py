@@ -168,6 +168,22 @@ class Settings(BaseSettings):
     default (700). Loaded models are also frozen out of the collector: with them
     in the heap, full collections stalled requests for tens of milliseconds."""
 
+    # -- authentication ---------------------------------------------------------
+    auth: Literal["required", "disabled"] | None = None
+    """`required`: every request but health, readiness and docs needs credentials.
+    `disabled`: none does, on any address. Unset: open on a loopback address when
+    no API key exists and no token issuer is configured (a warning at start-up,
+    `"auth": "open"` in `/readyz`), credentials required when either exists, and
+    refusing to start open on any other address."""
+
+    key_pepper: str | None = None
+    """Server-side secret API keys are hashed with (HMAC-SHA256). Unset: generated
+    once into `data_dir/key_pepper` (mode 0600). Changing it invalidates every key."""
+
+    key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    """How long a verified API key is trusted without reading the database again:
+    a revoked key stops working within this long (0: read on every request)."""
+
     # -- jobs -----------------------------------------------------------------
     database_url: str | None = None
     """Job database. Unset: SQLite in `data_dir` (embedded). Scale-out:

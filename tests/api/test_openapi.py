@@ -72,3 +72,21 @@ def test_protocol_errors_are_documented_in_the_protocol_shape(client: httpx.Clie
     assert "404" in infer
     ready = paths["/v2/health/ready"]["get"]["responses"]
     assert ready["200"]["content"] == {}  # an empty body, as the protocol answers
+
+
+def test_credentials_are_declared_with_401_and_403_on_every_protected_operation(
+    client: httpx.Client,
+) -> None:
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {**schemes["ApiKey"], "type": "apiKey", "in": "header",
+                                 "name": "X-API-Key"}  # fmt: skip
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    open_paths = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path in open_paths:
+                assert "security" not in operation, (method, path)
+                continue
+            assert operation["security"] == [{"ApiKey": []}, {"Bearer": []}], (method, path)
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)

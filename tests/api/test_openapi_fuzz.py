@@ -4,9 +4,12 @@ not declare."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +18,7 @@ import schemathesis
 from modelplex.server import RunningServer, start
 from tests.conftest import settings_for, wait_ready
 from tests.helpers import copy_model, write_python_model
+from tests.test_cli import run_cli
 
 # Inference may refuse a schema-valid body: the document cannot know a model's
 # signature (GET /v1/models/{model} states it), whether its inputs are all BYTES
@@ -32,32 +36,36 @@ V2_INFERENCE = {
         "not_a_server_error": {"expected-statuses": ["2xx", "4xx", "504"]},
     }
 }
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "generation": {"max-examples": 12, "deterministic": True, "database": "none"},
-        "parameters": {"path.model": "digits", "path.version": "2"},
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409"]}},
-        "operations": [
-            {"include-path-regex": "^/v1/(models/.*/predict|classify)$", **INFERENCE},
-            {"include-path-regex": "^/v2/models/.*/infer$", **V2_INFERENCE},
-            # A job's or a batch's input must fit its model or pipeline, like a predict body.
-            {"include-path-regex": "^/v1/(jobs|batches)$", **INFERENCE},
-            {
-                # A model of its own, so that unloading it leaves the others serving;
-                # load parameters are refused (a model's folder is its only source).
-                "include-path-regex": "^/v2/repository/models/",
-                "parameters": {"path.model": "scratch"},
-                "checks": {
-                    "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404"]}
-                },
-            },
-        ],
-    }
-)
+CONFIG_DOCUMENT: dict[str, Any] = {
+    "generation": {"max-examples": 12, "deterministic": True, "database": "none"},
+    "parameters": {"path.model": "digits", "path.version": "2"},
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409"]}},
+    "operations": [
+        {"include-path-regex": "^/v1/(models/.*/predict|classify)$", **INFERENCE},
+        {"include-path-regex": "^/v2/models/.*/infer$", **V2_INFERENCE},
+        # A job's or a batch's input must fit its model or pipeline, like a predict body.
+        {"include-path-regex": "^/v1/(jobs|batches)$", **INFERENCE},
+        {
+            # A model of its own, so that unloading it leaves the others serving;
+            # load parameters are refused (a model's folder is its only source).
+            "include-path-regex": "^/v2/repository/models/",
+            "parameters": {"path.model": "scratch"},
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404"]}},
+        },
+    ],
+}
+
+
+@dataclass
+class FuzzServer:
+    url: str
+    key: str
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_server(
+    example_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FuzzServer]:
     repo = tmp_path_factory.mktemp("fuzz-repo")
     copy_model(example_repo, "digits", repo)
     write_python_model(repo, "doubler")
@@ -74,17 +82,36 @@ def fuzz_server(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     # Private callback URLs allowed: the fuzzer's loopback and private addresses are
     # accepted (its made-up host names do not resolve: 422).
-    settings = settings_for(tmp_path_factory.mktemp("fuzz-state"), webhook_allow_private=True)
+    # Credentials required, as the document declares: the fuzzer sends an admin key,
+    # and its own check that bad credentials are refused (401) holds.
+    settings = settings_for(
+        tmp_path_factory.mktemp("fuzz-state"), webhook_allow_private=True, auth="required"
+    )
     server: RunningServer
     with start(settings, repo) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        env = {**os.environ, "MODELPLEX_DATA_DIR": str(settings.data_dir)}
+        made = run_cli("keys", "create", "--name", "fuzz", "--scopes", "admin", env=env)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        with httpx.Client(base_url=server.url, timeout=30, headers={"X-API-Key": key}) as http:
             wait_ready(http)
-        yield server.url
+        yield FuzzServer(server.url, key)
 
 
 @pytest.fixture(scope="module")
-def served_document(fuzz_server: str) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{fuzz_server}/openapi.json", config=CONFIG)
+def served_document(fuzz_server: FuzzServer) -> schemathesis.BaseSchema:
+    config = schemathesis.Config.from_dict(
+        {
+            **CONFIG_DOCUMENT,
+            "auth": {
+                "openapi": {
+                    "ApiKey": {"api_key": fuzz_server.key},
+                    "Bearer": {"bearer": fuzz_server.key},
+                }
+            },
+        }
+    )
+    return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", config=config)
 
 
 schema = schemathesis.pytest.from_fixture("served_document")

@@ -14,7 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelplex import __version__ as modelplex_version
-from modelplex.api import routes_jobs, routes_v1, routes_v2
+from modelplex.api import routes_admin, routes_jobs, routes_v1, routes_v2
+from modelplex.api.door import RestDoor
 from modelplex.api.middleware import RequestContextMiddleware
 from modelplex.api.openapi import build_document, with_pipeline_inputs
 from modelplex.api.problems import install_handlers
@@ -40,7 +41,8 @@ CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key",
 CORS_EXPOSE = ["X-Request-ID", "Retry-After", "Location"]
 
 BODY_SCHEMAS = (
-    *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS, Problem,
+    *routes_v1.REQUEST_SCHEMAS, *routes_jobs.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS,
+    *routes_admin.REQUEST_SCHEMAS, Problem,
 )  # fmt: skip
 
 
@@ -77,6 +79,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_admin.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
@@ -84,6 +87,7 @@ def create_app(modelplex: Modelplex) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         shortcut=_shortcut,
         max_inflight=settings.max_inflight_requests,
+        authorize=RestDoor(modelplex.auth),
     )
     if settings.cors_allow_origins:  # off by default: not even a pass-through layer
         # Outermost, so a preflight is answered before the body limits and the

@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplex.api.payloads import is_json
 from modelplex.api.problems import error_response
-from modelplex.errors import InternalError, PayloadTooLarge, ResourceExhausted
+from modelplex.errors import InternalError, ModelplexError, PayloadTooLarge, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,14 @@ class RequestContextMiddleware:
         max_json_bytes: int | None = None,
         shortcut: Callable[[Scope], ASGIApp | None] | None = None,
         max_inflight: int = 0,
+        authorize: Callable[[Scope], Awaitable[None]] | None = None,
     ) -> None:
         """`shortcut`: the app that serves a request past the router, or None.
-        `max_inflight`: requests in progress at once (0: no bound)."""
+        `max_inflight`: requests in progress at once (0: no bound).
+        `authorize`: the door (`api.door.RestDoor`): raises for a request that
+        may not pass, before its body is read."""
         self.app = app
+        self.authorize = authorize
         self.max_inflight = max_inflight
         self.inflight = 0
         self.shortcut = shortcut
@@ -87,6 +91,16 @@ class RequestContextMiddleware:
                     headers.append(header)
                 message["headers"] = headers
             await send(message)
+
+        if self.authorize is not None:
+            try:
+                await self.authorize(scope)
+            except ModelplexError as exc:
+                response = error_response(exc, request_id, scope.get("path"))
+                if _has_body(scope) or (_content_length(scope) or 0) > 0:
+                    response.headers["Connection"] = "close"  # its body is not read
+                await response(scope, receive, send_with_id)
+                return
 
         limit = self._limit(scope)
         declared = _content_length(scope)

@@ -22,9 +22,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from modelplex import errors
 from modelplex.api.openapi_docs import json_content
 from modelplex.api.problems import is_v2_path
-from modelplex.error_map import rows
+from modelplex.auth.access import OPEN_PATHS
+from modelplex.error_map import rows, wire_error
 from modelplex.jobs.pipelines import Pipeline, PipelineState
 
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
@@ -47,6 +49,9 @@ def build_document(app: FastAPI, body_schemas: tuple[type[BaseModel], ...]) -> d
     for path, operations in document["paths"].items():
         for operation in operations.values():
             _replace_fastapi_validation(path, operation)
+            if path not in OPEN_PATHS:
+                _secure(path, operation)
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
     return document
@@ -78,6 +83,39 @@ def with_pipeline_inputs(document: dict[str, Any], pipelines: Iterable[Pipeline]
     components = dict(document.get("components", {}))
     components["schemas"] = {**components.get("schemas", {}), **added}
     return {**document, "components": components}
+
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "ApiKey": {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": "An API key (`mpx_...`, `modelplex keys create`).",
+    },
+    "Bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key, or an OAuth2 / OpenID Connect access token (JWT).",
+    },
+}  # fmt: skip
+"""How credentials are sent (docs/9-security.md); health, readiness and docs need none."""
+
+
+def _secure(path: str, operation: dict[str, Any]) -> None:
+    """Declare the credentials an operation takes and what it answers without them."""
+    operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+    responses = operation.setdefault("responses", {})
+    for error in (errors.Unauthenticated, errors.Forbidden):
+        wire = wire_error(error)
+        if is_v2_path(path):
+            body = {"description": f"Error: {wire.code}", **json_content("V2Error")}
+            responses.setdefault(str(wire.v2_status), body)
+        else:
+            problem = json_content("Problem", "application/problem+json")
+            body = {"description": f"Problem details: {wire.code}", **problem}
+            responses.setdefault(str(wire.http_status), body)
+    if "401" in responses:
+        responses["401"].setdefault(
+            "headers",
+            {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer`"}},
+        )
 
 
 def _replace_fastapi_validation(path: str, operation: dict[str, Any]) -> None:

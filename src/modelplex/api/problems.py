@@ -73,6 +73,8 @@ def _headers(exc: BaseException, request_id: str) -> dict[str, str]:
     headers = {"X-Request-ID": request_id} if request_id else {}
     if isinstance(exc, errors.ResourceExhausted | errors.Unavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: the scheme the client must use
     return headers
 
 

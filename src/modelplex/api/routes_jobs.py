@@ -29,6 +29,8 @@ from modelplex.api.schemas import (
     PipelineView,
 )
 from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_view
+from modelplex.auth.access import principal_of, require_model
+from modelplex.auth.principal import Principal
 from modelplex.core.envelopes import parse
 from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
@@ -92,14 +94,18 @@ async def submit_job(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if payloads.is_json(media):
         body = await payloads.read_json(request, lambda doc: parse(JobSubmit, doc))
-        job, created = await _jobs(request).submit(_submit(body, input=body.input), key)
+        job, created = await _jobs(request).submit(
+            _submit(body, principal_of(request.scope), input=body.input), key
+        )
     elif media == "multipart/form-data":
         # The file stays in the form's spooled temporary file, which is copied to
         # the blob store in chunks before the form is closed.
         async with payloads.open_form(request) as items:
             fields, upload = _file_apart(payloads.form_document(items))
             form = parse(JobSubmitForm, fields, "the form")
-            job, created = await _jobs(request).submit(_submit(form, upload=upload), key)
+            job, created = await _jobs(request).submit(
+                _submit(form, principal_of(request.scope), upload=upload), key
+            )
     else:
         raise payloads.unsupported(media)
     headers = {"Location": f"/v1/jobs/{job.id}"}
@@ -125,9 +131,14 @@ def _file_apart(
 
 
 def _submit(
-    body: JobSubmit | JobSubmitForm, *, input: Any = None, upload: Upload | None = None
+    body: JobSubmit | JobSubmitForm,
+    principal: Principal,
+    *,
+    input: Any = None,
+    upload: Upload | None = None,
 ) -> SubmitRequest:
     kind, target = body.target
+    require_model(principal, target, body.version or None)
     return SubmitRequest(
         kind=kind,
         target=target,
@@ -265,6 +276,7 @@ async def _create_batch(
     request: Request, fields: BatchFields, content: AsyncIterator[bytes]
 ) -> Response:
     kind, target = fields.target
+    require_model(principal_of(request.scope), target, fields.version or None)
     options = fields.options.model_dump(exclude_none=True) if fields.options else None
     batch = await _batches(request).create(
         content,

@@ -31,6 +31,7 @@ from modelplex.api.schemas import (
     Readiness,
 )
 from modelplex.api.views import model_detail, model_summary
+from modelplex.auth.access import principal_of, require_model
 from modelplex.core.dataplane import DataPlane
 from modelplex.core.envelopes import parse
 from modelplex.core.instances import (
@@ -72,11 +73,14 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     readiness = _dataplane(request).registry.readiness()
     models = {"ready": list(readiness.ready), "failed": readiness.failed}
+    auth = modelplex_of(request).auth.mode.value
     if not readiness.loaded:
-        return _json({"status": "loading", "reason": readiness.problem, "models": models}, 503)
+        body = {"status": "loading", "reason": readiness.problem, "models": models, "auth": auth}
+        return _json(body, 503)
     if readiness.problem is not None:
-        return _json({"status": "not_ready", "reason": readiness.problem, "models": models}, 503)
-    return _json({"status": "ready", "models": models})
+        body = {"status": "not_ready", "reason": readiness.problem, "models": models, "auth": auth}
+        return _json(body, 503)
+    return _json({"status": "ready", "models": models, "auth": auth})
 
 
 @router.get("/v1/models", tags=["models"], response_model=ModelList, summary="List models")
@@ -145,6 +149,7 @@ async def classify(request: Request) -> Response:
         image = body.image
     else:
         raise payloads.unsupported(media)
+    require_model(principal_of(request.scope), body.model or settings.classify_model, body.version)
     decode_s = time.perf_counter() - decode_start
     result = await until_disconnected(
         request,

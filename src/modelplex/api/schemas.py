@@ -147,6 +147,8 @@ class Readiness(BaseModel):
     reason: str | None = None
     """Why the server is not ready (the readiness policy, docs/3-model-repository.md)."""
     models: dict[str, Any] | None = None
+    auth: Literal["required", "disabled", "open"] | None = None
+    """Whether requests need credentials (docs/9-security.md)."""
 
 
 # -- jobs and batches -----------------------------------------------------------

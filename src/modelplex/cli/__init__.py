@@ -1,5 +1,5 @@
 """The `modelplex` command line: serving commands here, client command groups in
-this package's modules (`jobs`, `batches`), their shared parts in `common`,
+this package's modules (`jobs`, `batches`, `keys`), their shared parts in `common`,
 `inputs` and `output`."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from modelplex.cli import inputs
 from modelplex.cli.batches import batches_app
 from modelplex.cli.common import UrlOption, connect, fail, print_json
 from modelplex.cli.jobs import jobs_app
+from modelplex.cli.keys import keys_app
 from modelplex.cli.output import stdout_to_stderr
 from modelplex.client import DEFAULT_URL
 from modelplex.settings import Settings
@@ -25,6 +26,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(examples_app, name="examples")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(batches_app, name="batches")
+app.add_typer(keys_app, name="keys")
 
 
 def _show_version(value: bool) -> None:

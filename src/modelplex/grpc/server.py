@@ -11,7 +11,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from modelplex.auth.authenticator import Authenticator
 from modelplex.errors import ConfigurationError
+from modelplex.grpc.door import AuthInterceptor
 from modelplex.grpc.protos import inference_pb2, inference_pb2_grpc
 from modelplex.grpc.servicer import InferenceServicer
 from modelplex.oip.service import V2Service
@@ -31,8 +33,10 @@ class GrpcServer:
         max_tensor_elements: int,
         *,
         shared: bool = False,
+        authenticator: Authenticator | None = None,
     ) -> None:
-        """`shared`: replica processes of this server bind the same port."""
+        """`shared`: replica processes of this server bind the same port.
+        `authenticator`: checks every call but health and reflection (None: none)."""
         # grpc core applies the receive limit to the decompressed message and stops
         # inflating there, so a compressed request cannot grow past it in memory.
         # grpcio sets SO_REUSEPORT by default: a second server on a taken port would
@@ -42,7 +46,8 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
                 ("grpc.so_reuseport", 1 if shared else 0),
-            ]
+            ],
+            interceptors=[AuthInterceptor(authenticator, SERVICE)] if authenticator else [],
         )
         register: Callable[[Any, Any], None] = (
             inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server

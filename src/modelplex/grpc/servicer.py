@@ -19,6 +19,7 @@ from modelplex.core.offload import cpu_bound
 from modelplex.error_map import public_message, wire_error
 from modelplex.errors import ModelplexError
 from modelplex.grpc import converters
+from modelplex.grpc.door import check_model
 from modelplex.grpc.protos import inference_pb2 as pb
 from modelplex.grpc.protos import inference_pb2_grpc
 from modelplex.oip.service import V2Request, V2Response, V2Service
@@ -123,6 +124,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(message: Any) -> None:
             try:
+                check_model(message)  # the allow-list, per request of the stream
                 v2_request = await self._decode(message)
                 v2_request.timeout_ms = _deadline_ms(context)
                 response = await self._encode(await self._service.infer(v2_request))

@@ -263,7 +263,58 @@ class RepositoryStore(Protocol):
         ...
 
 
-class Store(JobStore, BatchStore, DeliveryStore, RepositoryStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's record: never the key itself, only its keyed hash (`digest`)."""
+
+    id: str
+    prefix: str
+    """The key's visible start (`mpx_1a2b3c4d`): enough to tell keys apart in a list."""
+    digest: str
+    """HMAC-SHA256 of the whole key under the server's pepper, hex."""
+    name: str
+    owner: str
+    scopes: tuple[str, ...]
+    models: tuple[str, ...] | None
+    rate_limit: str | None
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+class ApiKeyStore(Protocol):
+    async def create_api_key(self, key: ApiKey) -> None: ...
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def find_api_key(self, digest: str) -> ApiKey | None:
+        """The key whose digest this is (revoked or expired ones too: the caller judges)."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, newest first."""
+        ...
+
+    async def count_api_keys(self) -> int:
+        """Keys neither revoked nor expired (whether a server must check credentials)."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, at: float) -> ApiKey | None:
+        """Revoke the key (a revoked one keeps its first revocation time); None: no such key."""
+        ...
+
+    async def rotate_api_key(self, key_id: str, prefix: str, digest: str) -> ApiKey | None:
+        """Give a live key a new secret: the old one stops working. None: no such
+        key, or one already revoked."""
+        ...
+
+    async def touch_api_key(self, key_id: str, at: float) -> None:
+        """Record a use of the key."""
+        ...
+
+
+class Store(JobStore, BatchStore, DeliveryStore, RepositoryStore, ApiKeyStore, Protocol):
     """Everything the job layer stores."""
 
     async def close(self) -> None: ...

@@ -37,7 +37,8 @@ from modelplex.records import (
     batch_outcome,
     pending_steps,
 )
-from modelplex.storage.interface import BatchPart, DuplicateKey, ModelGeneration, Store
+from modelplex.storage.interface import ApiKey, BatchPart, DuplicateKey, ModelGeneration, Store
+from modelplex.storage.memory_api_keys import MemoryApiKeys
 from modelplex.storage.memory_batches import BatchReads, Lines
 from modelplex.storage.memory_outbox import MemoryOutbox, OutboxEntry
 from modelplex.storage.memory_repository import MemoryRepositoryLog
@@ -86,7 +87,7 @@ def _holds(job: Job, lease: Lease | None) -> bool:
     return lease is None or (job.lease_owner == lease.worker and job.attempts == lease.attempt)
 
 
-class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog):
+class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog, MemoryApiKeys):
     """The `Store` on dicts, one per process."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -99,6 +100,7 @@ class MemoryStore(BatchReads, MemoryOutbox, MemoryRepositoryLog):
         self._outbox: dict[str, OutboxEntry] = {}
         self._watchers: list[asyncio.Event] = []
         self._generations: dict[str, ModelGeneration] = {}
+        self._api_keys: dict[str, ApiKey] = {}
 
     @property
     def shared_wakeups(self) -> bool:

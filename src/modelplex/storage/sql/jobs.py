@@ -36,6 +36,7 @@ from modelplex.records import (
 )
 from modelplex.storage.grouping import GroupCommit
 from modelplex.storage.interface import BatchPart, DuplicateKey
+from modelplex.storage.sql.api_keys import ApiKeyQueries
 from modelplex.storage.sql.base import now_sql
 from modelplex.storage.sql.engines import Engines, create_engines, migrate
 from modelplex.storage.sql.guarded import status_update
@@ -50,7 +51,7 @@ _QUEUED_ONLY = frozenset({JobStatus.QUEUED})
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
 
 
-class SqlStore(TransitionQueries, RepositoryQueries):
+class SqlStore(TransitionQueries, RepositoryQueries, ApiKeyQueries):
     """The `Store` on SQLAlchemy Core."""
 
     def __init__(self, engines: Engines, clock: Clock | None = None) -> None:

@@ -128,3 +128,23 @@ model_generations = Table(
     Column("action", String(16), nullable=False),  # load | unload
     Column("changed_at", Float, nullable=False),
 )
+
+
+# API keys: only a keyed hash of each key (see `modelplex.auth.keys`), looked up
+# by that hash on every request the cache does not answer.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("prefix", String(32), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("models", JSON, nullable=True),
+    Column("rate_limit", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
