@@ -67,7 +67,8 @@ class Authenticator:
         self.mode = AuthMode.OPEN
         """Set once at start-up (`modelplex.auth.mode.decide_mode`)."""
         self._clock = clock
-        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._cache: dict[str, tuple[ApiKey | None, Principal | None, float]] = {}
+        self._reading: dict[str, asyncio.Future[ApiKey | None]] = {}
         self._touched: dict[str, float] = {}
         self._touching: set[asyncio.Task[None]] = set()
 
@@ -87,23 +88,32 @@ class Authenticator:
         now = self._clock()
         hashed = digest(self.pepper, key)
         cached = self._cache.get(hashed)
-        if cached is not None and now - cached[1] < self.cache_ttl_s:
-            record = cached[0]
+        if cached is not None and now - cached[2] < self.cache_ttl_s:
+            record, principal = cached[0], cached[1]
         else:
-            record = await self.store.find_api_key(hashed)
+            record = await self._read(hashed)
+            principal = None if record is None else _principal(record)
             if self.cache_ttl_s > 0:
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()  # many distinct keys (or guesses): start afresh
-                self._cache[hashed] = (record, now)
-        if record is None or record.revoked_at is not None:
+                self._cache[hashed] = (record, principal, now)
+        if record is None or principal is None or record.revoked_at is not None:
             raise Unauthenticated("the API key is not valid")
         if record.expires_at is not None and record.expires_at <= time.time():
             raise Unauthenticated("the API key has expired")
         self._touch(record.id, now)
-        return Principal(
-            subject=record.owner, credential=Credential.KEY, scopes=frozenset(record.scopes),
-            models=record.models, rate_limit=record.rate_limit,
-        )  # fmt: skip
+        return principal
+
+    async def _read(self, hashed: str) -> ApiKey | None:
+        """The key's record; one read per key at a time: when its cache entry ends
+        under load, the requests that find it ended wait for that read instead of
+        each sending its own."""
+        reading = self._reading.get(hashed)
+        if reading is None:
+            reading = asyncio.ensure_future(self.store.find_api_key(hashed))
+            self._reading[hashed] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(hashed, None))
+        return await asyncio.shield(reading)
 
     def _touch(self, key_id: str, now: float) -> None:
         if now - self._touched.get(key_id, float("-inf")) < TOUCH_EVERY_S:
@@ -122,3 +132,10 @@ class Authenticator:
     def forget(self) -> None:
         """Drop cached keys (after this process revoked or rotated one)."""
         self._cache.clear()
+
+
+def _principal(record: ApiKey) -> Principal:
+    return Principal(
+        subject=record.owner, credential=Credential.KEY, scopes=frozenset(record.scopes),
+        models=record.models, rate_limit=record.rate_limit,
+    )  # fmt: skip
