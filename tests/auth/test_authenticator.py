@@ -84,3 +84,26 @@ async def test_tokens_that_look_like_jwts_go_to_the_verifier() -> None:
         await auth.authenticate(None)
     auth.mode = AuthMode.OPEN
     assert (await auth.authenticate(None)).credential is Credential.OPEN
+
+
+async def test_requests_that_find_a_key_uncached_share_one_read() -> None:
+    """Under load a key's cache entry ends while many requests carry it: one
+    database read, not one per request in flight."""
+    store, clock = MemoryStore(), FakeClock()
+    auth = Authenticator(store, PEPPER, cache_ttl_s=5.0, clock=clock)
+    auth.mode = AuthMode.REQUIRED
+    created = await KeyManager(store, PEPPER).create("a", ["predict"])
+    reads: list[str] = []
+    find = store.find_api_key
+
+    async def slow(digest: str) -> object:
+        reads.append(digest)
+        await asyncio.sleep(0.01)  # a database read takes a while
+        return await find(digest)
+
+    store.find_api_key = slow  # type: ignore[method-assign,assignment]
+    for _ in range(2):  # a cold cache, then an ended entry
+        found = await asyncio.gather(*(auth.authenticate(created.key) for _ in range(50)))
+        assert {p.subject for p in found} == {created.record.id}
+        clock.advance(6.0)
+    assert len(reads) == 2
