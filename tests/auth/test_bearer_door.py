@@ -5,9 +5,6 @@ tokens themselves, and REST and gRPC requests held to the token's scopes."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from modelplex.oauth_client import ClientCredentials
 from tests.auth.issuer import AUDIENCE, Issuer, running_issuer
 from tests.auth.test_jwt import issued_token
 from tests.helpers import copy_model
-from tests.test_cli import free_port, run_cli
+from tests.test_cli import free_port, run_cli, serving
 
 PIXELS = np.zeros((1, 64), dtype=np.float32)
 
@@ -39,7 +36,7 @@ class Trusting:
 def trusting(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trusting]:
     root = tmp_path_factory.mktemp("bearer-door")
     copy_model(example_repo, "digits", root / "repo")
-    http_port, grpc_port = free_port(), free_port()
+    grpc_port = free_port()
     with running_issuer() as issuer:
         issuer.add_client("svc", "svc-secret", "predict jobs:read jobs:write")
         issuer.add_client("reader", "reader-secret", "jobs:read")
@@ -53,30 +50,10 @@ def trusting(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             "MODELPLEX_WORKERS": "0",
             "MODELPLEX_DATA_DIR": str(root / "data"),
         }
-        log = root / "serve.log"
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "modelplex", "serve", "--port", str(http_port),
-                 "--model-repository", str(root / "repo")],
-                env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-        url = f"http://127.0.0.1:{http_port}"
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.1)
+        args = ["--model-repository", str(root / "repo")]
+        with serving(args, env, root / "serve.log") as url:
             assert httpx.get(f"{url}/readyz", timeout=5).json()["auth"] == "required"
             yield Trusting(url, f"127.0.0.1:{grpc_port}", issuer)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def test_the_client_obtains_a_token_and_predicts(trusting: Trusting) -> None:

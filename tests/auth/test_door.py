@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelplex.settings import Settings
 from tests.helpers import copy_model
-from tests.test_cli import free_port, run_cli
+from tests.test_cli import free_port, run_cli, serving
 
 OPEN_REST = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs",
              "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # fmt: skip
@@ -54,7 +54,7 @@ def door(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root = tmp_path_factory.mktemp("door")
     for model in ("digits", "image-classifier"):
         copy_model(example_repo, model, root / "repo")
-    http_port, grpc_port = free_port(), free_port()
+    grpc_port = free_port()
     env = {
         **os.environ,
         "MODELPLEX_AUTH": "required",
@@ -65,29 +65,8 @@ def door(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     created = run_cli("keys", "create", "--name", "admin", "--scopes", "admin", env=env)
     assert created.returncode == 0, created.stderr
-    log = root / "serve.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelplex", "serve", "--port", str(http_port),
-             "--model-repository", str(root / "repo")],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+    with serving(["--model-repository", str(root / "repo")], env, root / "serve.log") as url:
         yield Door(url, f"127.0.0.1:{grpc_port}", env, created.stdout.strip())
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from modelplex.core.registry import ServedVersion
 from modelplex.core.tensors import Array, Datatype, bytes_batch, decode_base64
 from modelplex.core.types import InferenceResult
 from modelplex.errors import InvalidInput, UnsupportedMediaType
+from modelplex.records import BatchStatus, JobStatus
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -194,3 +195,15 @@ def render(
 
 def dumps(document: Any) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+S = TypeVar("S", JobStatus, BatchStatus)
+
+
+def status_filter(given: str | None, kind: type[S], allowed: list[str]) -> S | None:
+    """A listing's `status` query (any case), or INVALID_INPUT naming the values."""
+    if not given:
+        return None
+    if given.upper() not in allowed:
+        raise InvalidInput(f"status must be one of {allowed}")
+    return kind(given.upper())

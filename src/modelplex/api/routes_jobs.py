@@ -32,7 +32,6 @@ from modelplex.api.views import REFUSALS_SHOWN, batch_view, delivery_view, job_v
 from modelplex.auth.access import principal_of, require_model
 from modelplex.auth.principal import Principal
 from modelplex.core.envelopes import parse
-from modelplex.errors import InvalidInput
 from modelplex.jobs.batches import BatchService
 from modelplex.jobs.service import BytesUpload, JobService, SubmitRequest, Upload
 from modelplex.records import BatchStatus, JobStatus
@@ -169,10 +168,7 @@ async def list_jobs(
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> Response:
-    try:
-        wanted = JobStatus(status.upper()) if status else None
-    except ValueError:
-        raise InvalidInput(f"status must be one of {[s.value for s in JobStatus]}") from None
+    wanted = payloads.status_filter(status, JobStatus, [s.value for s in JobStatus])
     jobs, next_cursor = await _jobs(request).list_jobs(
         status=wanted, target=model or pipeline, limit=limit, cursor=cursor
     )
@@ -315,14 +311,9 @@ async def list_batches(
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> Response:
-    wanted = status.upper() if status else None
-    if wanted is not None and wanted not in _LISTED_BATCH_STATES:
-        raise InvalidInput(f"status must be one of {_LISTED_BATCH_STATES}")
+    wanted = payloads.status_filter(status, BatchStatus, _LISTED_BATCH_STATES)
     found, next_cursor = await _batches(request).list_batches(
-        status=BatchStatus(wanted) if wanted else None,
-        target=model or pipeline,
-        limit=limit,
-        cursor=cursor,
+        status=wanted, target=model or pipeline, limit=limit, cursor=cursor
     )
     return _json({"batches": [batch_view(b) for b in found], "next_cursor": next_cursor})
 
