@@ -2,9 +2,8 @@
 
 One `Batcher` per served model version owns a bounded queue of pending rows (at
 priority levels: `queueing`) and one task that forms batches and runs them on
-the version's own inference threads, at most `instances` batches at a time
-(batches measured under half a millisecond run on the event loop instead:
-`queueing.BatchCost`). While the instances are busy, new
+the version's own inference threads, at most `instances` at a time (or on the
+loop, for batches under 0.5 ms: `queueing.BatchCost`). While they are busy, new
 requests queue up and form the next batch, so batches grow with load on their
 own; `max_batch_delay_s` additionally lets an idle instance wait briefly for a
 fuller batch.
